@@ -1,0 +1,1 @@
+"""custom_ops: stateless TensorFlow ops with hand-written gradients (no Keras)."""

@@ -1,0 +1,24 @@
+"""export: SavedModel for TF Serving, .tflite for phones, and parity/op/latency verification.
+
+Example:
+    >>> import export
+    >>> export.to_saved_model(model, "out/saved_model")
+    >>> export.to_tflite(model, "out/model.tflite")
+    >>> report = export.verify(model, "out/model.tflite", inputs=images)
+"""
+
+from export.saved_model import to_saved_model
+from export.tflite import FlexOpsError, convert_to_tflite, run_tflite, to_tflite
+from export._common import output_names
+from export.verify import tflite_ops, verify
+
+__all__ = [
+    "FlexOpsError",
+    "convert_to_tflite",
+    "output_names",
+    "run_tflite",
+    "tflite_ops",
+    "to_saved_model",
+    "to_tflite",
+    "verify",
+]

@@ -1,0 +1,73 @@
+"""Helpers shared by the exporters: input signatures and the overwrite rule."""
+
+import os
+import shutil
+
+import tensorflow as tf
+
+
+def input_specs(model, batch_size=None):
+    """`tf.TensorSpec`s for a Keras model's inputs, named after the Keras inputs.
+
+    Args:
+        model: a built Keras model with `model.inputs`.
+        batch_size: `None` for a dynamic batch, or an int to fix it (TFLite prefers fixed).
+
+    Returns:
+        A list of `tf.TensorSpec`, one per model input, in `model.inputs` order.
+    """
+    if not getattr(model, "inputs", None):
+        raise ValueError(
+            "`model` must be a built Keras model with defined inputs (a functional model, or a "
+            f"subclassed model called once). Received: model={model!r}"
+        )
+    specs = []
+    for i, inp in enumerate(model.inputs):
+        name = getattr(inp, "name", None) or f"input_{i}"
+        name = name.split(":")[0].replace("/", "_")
+        shape = (batch_size,) + tuple(inp.shape[1:])
+        specs.append(tf.TensorSpec(shape=shape, dtype=inp.dtype, name=name))
+    return specs
+
+
+def output_names(model):
+    """Names for a model's outputs: the Keras output layer names, made unique."""
+    names = []
+    for i, out in enumerate(model.outputs):
+        hist = getattr(out, "_keras_history", None)
+        name = hist[0].name if hist is not None else f"output_{i}"
+        if name in names:
+            name = f"{name}_{i}"
+        names.append(name)
+    return names
+
+
+def prepare_path(path, overwrite):
+    """Refuses to write over an existing export unless `overwrite=True`."""
+    path = os.fspath(path)
+    if os.path.exists(path):
+        if not overwrite:
+            raise FileExistsError(
+                f"`path` already exists: {path!r}. Pass overwrite=True to replace it."
+            )
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        else:
+            os.remove(path)
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    return path
+
+
+def serving_function(model, specs):
+    """A `tf.function` calling the model in inference mode, returning a dict of named outputs."""
+    names = output_names(model)
+
+    @tf.function(input_signature=specs)
+    def serve(*args):
+        outputs = model(list(args) if len(args) > 1 else args[0], training=False)
+        if not isinstance(outputs, (list, tuple)):
+            outputs = [outputs]
+        return {name: tf.identity(out, name=name) for name, out in zip(names, outputs)}
+
+    return serve

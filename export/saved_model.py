@@ -1,0 +1,43 @@
+"""Export a Keras model as a SavedModel that TF Serving (or any TF process) can load."""
+
+import keras
+import tensorflow as tf
+
+from export._common import input_specs, output_names, prepare_path
+
+
+def to_saved_model(model, path, overwrite=False, batch_size=None):
+    """Writes `model` as a SavedModel with a `serving_default` signature.
+
+    The signature takes the model's inputs by their Keras input names (e.g. `image`) and returns a
+    dict keyed by the output layer names. The SavedModel holds the traced graph and the weights
+    only, so a process that cannot import kcv (TF Serving, `tf.saved_model.load`) runs it.
+
+    Args:
+        model: a built Keras model (functional or called once).
+        path: directory to write.
+        overwrite: replace an existing `path`; without it an existing path raises.
+        batch_size: `None` (default) for a dynamic batch dimension, or a fixed int.
+
+    Returns:
+        The path written, as a string.
+
+    Example:
+        >>> to_saved_model(model, "exports/unet/1")  # TF Serving's versioned layout
+    """
+    path = prepare_path(path, overwrite)
+    specs = input_specs(model, batch_size=batch_size)
+    names = output_names(model)
+
+    def serve(*args):
+        outputs = model(list(args) if len(args) > 1 else args[0], training=False)
+        if not isinstance(outputs, (list, tuple)):
+            outputs = [outputs]
+        return {name: out for name, out in zip(names, outputs)}
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(name="serving_default", fn=serve, input_signature=specs)
+    with tf.device("/cpu:0"):
+        archive.write_out(path, verbose=False)
+    return path

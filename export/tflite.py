@@ -1,0 +1,248 @@
+"""Convert Keras models to TFLite (LiteRT) with builtin kernels only, and run them.
+
+TFLite here means `TFLITE_BUILTINS` (or `TFLITE_BUILTINS_INT8`) only: a model that needs Flex
+(select TensorFlow) ops would need the 5+ MB Flex delegate on the phone, so it is refused with
+a `FlexOpsError` that lists the ops. (Keras' `model.export(format="litert")` silently allows them.)
+"""
+
+import os
+import re
+import shutil
+
+import numpy as np
+import tensorflow as tf
+
+from export._common import input_specs, prepare_path
+
+_QUANTIZATIONS = (None, "float16", "dynamic", "int8")
+
+
+class FlexOpsError(ValueError):
+    """Raised when a model needs ops outside the TFLite builtins. `.ops` lists them."""
+
+    def __init__(self, ops, detail=""):
+        self.ops = sorted(set(ops))
+        msg = (
+            "The model needs TensorFlow ops that are not TFLite builtins (they would need the Flex "
+            f"delegate): {', '.join(self.ops) if self.ops else '(unknown)'}."
+        )
+        if detail:
+            msg += f"\nConverter said: {detail}"
+        super().__init__(msg)
+
+
+def _representative(model, representative_data, specs):
+    if representative_data is None:
+        raise ValueError(
+            "`representative_data` is required for quantization='int8': give an iterable of "
+            "input batches (arrays, or (inputs, targets) tuples as a tf.data dataset yields)."
+        )
+
+    def gen():
+        for item in representative_data:
+            if isinstance(item, (tuple, list)) and len(specs) == 1:
+                item = item[0]
+            arrays = item if isinstance(item, (tuple, list)) else [item]
+            arrays = [np.asarray(a, dtype=s.dtype.as_numpy_dtype) for a, s in zip(arrays, specs)]
+            # Feed one example at a time: the converted model has a fixed batch size.
+            batch = arrays[0].shape[0] if arrays[0].ndim == len(specs[0].shape) else None
+            if batch is None:
+                yield arrays
+            else:
+                b = specs[0].shape[0] or batch
+                for i in range(0, batch, b):
+                    yield [a[i : i + b] for a in arrays]
+
+    return gen
+
+
+def _converter(model, specs):
+    """A converter for the model's serving function, with the weights frozen into constants.
+
+    Goes through a temporary SavedModel: the converter then folds the variables into constants
+    (converting the concrete function directly keeps VAR_HANDLE/READ_VARIABLE ops for Keras 3
+    variables, which int8 calibration cannot run).
+    """
+    import tempfile
+
+    from export.saved_model import to_saved_model
+
+    tmp = tempfile.mkdtemp(prefix="kcv_tflite_")
+    path = os.path.join(tmp, "saved_model")
+    to_saved_model(model, path, batch_size=specs[0].shape[0])
+    conv = tf.lite.TFLiteConverter.from_saved_model(path, signature_keys=["serving_default"])
+    conv._kcv_tmpdir = tmp
+    return conv
+
+
+def _find_flex_ops(model, specs):
+    """Converts with select TF ops allowed, and lists the ops that ended up outside the builtins."""
+    conv = _converter(model, specs)
+    conv.target_spec.supported_ops = [
+        tf.lite.OpsSet.TFLITE_BUILTINS,
+        tf.lite.OpsSet.SELECT_TF_OPS,
+    ]
+    conv.allow_custom_ops = True
+    try:
+        content = conv.convert()
+    except Exception:  # pragma: no cover - nothing more to learn
+        return []
+    from export.verify import tflite_ops
+
+    return [op for op in tflite_ops(content) if op.startswith("Flex") or op == "CUSTOM"]
+
+
+def convert_to_tflite(model, quantization=None, representative_data=None, batch_size=1,
+                      int8_io=False):
+    """Converts a Keras model to TFLite flatbuffer bytes with builtin ops only.
+
+    Args:
+        model: a built Keras model.
+        quantization: `None` (float32), `"float16"` (fp16 weights), `"dynamic"` (int8 weights,
+            float activations) or `"int8"` (full integer, needs `representative_data`).
+        representative_data: iterable of input batches for `"int8"` calibration; tuples of
+            (inputs, targets) are accepted and the targets ignored (a tf.data dataset works).
+        batch_size: fixed batch size of the converted model (default 1, as phones run it);
+            `None` keeps it dynamic.
+        int8_io: with `"int8"`, make the model's inputs and outputs int8 too (default: float32
+            in and out, quantized inside).
+
+    Returns:
+        `bytes` of the `.tflite` model.
+
+    Raises:
+        FlexOpsError: the model needs ops that are not TFLite builtins; lists them.
+        ValueError: unknown `quantization`, or `"int8"` without `representative_data`.
+    """
+    if quantization not in _QUANTIZATIONS:
+        raise ValueError(
+            f"`quantization` must be one of {_QUANTIZATIONS}. Received: quantization={quantization!r}"
+        )
+    specs = input_specs(model, batch_size=batch_size)
+    conv = _converter(model, specs)
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    if quantization == "float16":
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        conv.target_spec.supported_types = [tf.float16]
+    elif quantization == "dynamic":
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    elif quantization == "int8":
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        conv.representative_dataset = _representative(model, representative_data, specs)
+        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        if int8_io:
+            conv.inference_input_type = tf.int8
+            conv.inference_output_type = tf.int8
+    try:
+        return conv.convert()
+    except Exception as err:  # the converter raises ConverterError with a long log
+        text = str(err)
+        named = re.findall(r"(?:Flex|Custom) ops: ([^\n]+)", text)
+        if named or "flex" in text.lower() or "custom op" in text.lower():
+            ops = sorted({op.strip() for line in named for op in line.split(",") if op.strip()})
+            raise FlexOpsError(ops or _find_flex_ops(model, specs)) from err
+        raise
+    finally:
+        shutil.rmtree(conv._kcv_tmpdir, ignore_errors=True)
+
+
+def to_tflite(model, path, quantization=None, representative_data=None, overwrite=False,
+              batch_size=1, int8_io=False):
+    """Writes `model` as a `.tflite` file with builtin ops only. See `convert_to_tflite`.
+
+    Args:
+        model, quantization, representative_data, batch_size, int8_io: as `convert_to_tflite`.
+        path: the `.tflite` file to write.
+        overwrite: replace an existing file; without it an existing path raises.
+
+    Returns:
+        The path written.
+
+    Example:
+        >>> to_tflite(model, "unet_int8.tflite", quantization="int8",
+        ...           representative_data=val_ds.take(20))
+    """
+    path = prepare_path(path, overwrite)
+    content = convert_to_tflite(model, quantization, representative_data, batch_size, int8_io)
+    with open(path, "wb") as f:
+        f.write(content)
+    return path
+
+
+def _interpreter(model):
+    from ai_edge_litert.interpreter import Interpreter
+
+    if isinstance(model, (bytes, bytearray)):
+        return Interpreter(model_content=bytes(model))
+    return Interpreter(model_path=os.fspath(model))
+
+
+def _quantize(x, detail):
+    scale, zero = detail["quantization"]
+    if detail["dtype"] in (np.int8, np.uint8) and scale:
+        info = np.iinfo(detail["dtype"])
+        return np.clip(np.round(x / scale + zero), info.min, info.max).astype(detail["dtype"])
+    return x.astype(detail["dtype"])
+
+
+def _dequantize(y, detail):
+    scale, zero = detail["quantization"]
+    if detail["dtype"] in (np.int8, np.uint8) and scale:
+        return (y.astype(np.float32) - zero) * scale
+    return y
+
+
+def run_tflite(model, inputs, output_names=None):
+    """Runs a `.tflite` file (or bytes) in the LiteRT interpreter.
+
+    Inputs larger than the model's fixed batch are run one batch at a time; integer-quantized
+    inputs and outputs are quantized and de-quantized with the model's own parameters.
+
+    Args:
+        model: path to a `.tflite` file, or its bytes.
+        inputs: an array, or a list of arrays in the Keras model's input order.
+        output_names: the order to return outputs in (for a model converted by kcv, the Keras
+            output layer names: `export.output_names(keras_model)`); default: signature order.
+
+    Returns:
+        A list of float arrays, one per output.
+    """
+    interp = _interpreter(model)
+    runner = interp.get_signature_runner()
+    sig = interp.get_signature_list()
+    key = next(iter(sig))
+    in_names = sig[key]["inputs"]
+    out_names = sig[key]["outputs"]
+    arrays = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+    if len(arrays) != len(in_names):
+        raise ValueError(
+            f"The model has {len(in_names)} inputs {in_names}; received {len(arrays)} arrays."
+        )
+    in_details = runner.get_input_details()
+    out_details = runner.get_output_details()
+    # Inputs are ordered as the serving signature (the Keras input order); LiteRT sorts names.
+    order = _signature_order(interp, key, in_names)
+    fixed = in_details[order[0]]["shape"][0]
+    n = arrays[0].shape[0]
+    step = n if fixed <= 0 or fixed == n else fixed
+    if n % step:
+        raise ValueError(f"Batch of {n} is not a multiple of the model's fixed batch {fixed}.")
+    results = {name: [] for name in out_names}
+    for start in range(0, n, step):
+        feed = {}
+        for name, arr in zip(order, arrays):
+            chunk = np.asarray(arr[start : start + step])
+            feed[name] = _quantize(chunk, in_details[name])
+        out = runner(**feed)
+        for name in out_names:
+            results[name].append(_dequantize(out[name], out_details[name]))
+    ordered = list(output_names) if output_names is not None else list(out_names)
+    return [np.concatenate(results[name], axis=0) for name in ordered]
+
+
+def _signature_order(interp, key, in_names):
+    """Signature input names in the order of the traced function's arguments."""
+    details = interp.get_signature_runner(key).get_input_details()
+    # Positional order is kept in the tensor index order the converter assigned.
+    return sorted(in_names, key=lambda name: details[name]["index"])
+

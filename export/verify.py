@@ -1,0 +1,75 @@
+"""Check an exported `.tflite` against the Keras model: parity, ops, size and latency."""
+
+import os
+import time
+
+import numpy as np
+
+from export._common import output_names
+from export.tflite import _interpreter, run_tflite
+
+_BUILTIN_EXCLUDE = ("Flex", "CUSTOM")
+
+
+def tflite_ops(model):
+    """The sorted set of op names in a `.tflite` file or bytes (e.g. `CONV_2D`, `FlexErf`)."""
+    interp = _interpreter(model)
+    ops = set()
+    for detail in interp._get_ops_details():  # the public API has no op listing
+        name = detail["op_name"]
+        ops.add(name)
+    return sorted(ops)
+
+
+def verify(model, tflite_path, inputs, num_runs=20, metric_fn=None):
+    """Compares a `.tflite` file with the Keras model it came from.
+
+    Args:
+        model: the Keras model that was converted.
+        tflite_path: the `.tflite` file (or its bytes).
+        inputs: an input batch (array or list of arrays) to run both on.
+        num_runs: how many timed single-batch runs to take the median latency over.
+        metric_fn: optional `fn(keras_outputs, tflite_outputs) -> float` reported as `metric`
+            (e.g. the Dice between the two models' predictions).
+
+    Returns:
+        A dict with `max_abs_diff` (over all outputs), `ops` (sorted op names),
+        `builtins_only` (no Flex/custom op), `file_size_bytes`, `median_latency_ms` (one fixed
+        batch in the LiteRT interpreter), and `metric` when `metric_fn` was given.
+    """
+    arrays = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+    arrays = [np.asarray(a) for a in arrays]
+    keras_out = model(arrays if len(arrays) > 1 else arrays[0], training=False)
+    keras_out = keras_out if isinstance(keras_out, (list, tuple)) else [keras_out]
+    keras_out = [np.asarray(o, dtype=np.float32) for o in keras_out]
+    lite_out = run_tflite(tflite_path, arrays, output_names=output_names(model))
+    diff = max(float(np.max(np.abs(k - t))) if k.size else 0.0 for k, t in zip(keras_out, lite_out))
+    ops = tflite_ops(tflite_path)
+
+    interp = _interpreter(tflite_path)
+    runner = interp.get_signature_runner()
+    details = runner.get_input_details()
+    feed = {}
+    for name, detail in details.items():
+        shape = [d if d > 0 else 1 for d in detail["shape"]]
+        feed[name] = np.zeros(shape, dtype=detail["dtype"])
+    runner(**feed)  # warm-up
+    times = []
+    for _ in range(max(1, num_runs)):
+        t0 = time.perf_counter()
+        runner(**feed)
+        times.append(time.perf_counter() - t0)
+    size = (
+        len(tflite_path) if isinstance(tflite_path, (bytes, bytearray))
+        else os.path.getsize(tflite_path)
+    )
+    report = {
+        "max_abs_diff": diff,
+        "ops": ops,
+        "builtins_only": not any(op.startswith(_BUILTIN_EXCLUDE) for op in ops),
+        "file_size_bytes": int(size),
+        "median_latency_ms": float(np.median(times) * 1e3),
+    }
+    if metric_fn is not None:
+        report["metric"] = float(metric_fn(keras_out, lite_out))
+    return report

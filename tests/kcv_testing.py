@@ -1,0 +1,226 @@
+"""Shared test routines for kcv layers, models and ops.
+
+`check_layer` runs the standard checks every layer and model owes (DESIGN.md):
+config round trip, `.keras` save and reload with `safe_mode=True` in a fresh Python process,
+forward pass and training step under `mixed_float16`, forward pass under XLA, and conversion to
+TFLite with builtin ops only with the same outputs in the LiteRT interpreter.
+
+`check_gradients` runs `tf.test.compute_gradient` in float64 on an op.
+"""
+
+import copy
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+import export
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _as_list(x):
+    return list(x) if isinstance(x, (list, tuple)) else [x]
+
+
+def _model_input(arrays):
+    return arrays if len(arrays) > 1 else arrays[0]
+
+
+def _outputs(model, arrays, training=False):
+    out = model(_model_input(arrays), training=training)
+    return [np.asarray(o) for o in _as_list(out)]
+
+
+def _wrap(layer, arrays, input_dtypes=None):
+    """A functional model around a layer, with inputs shaped like `arrays` (batch dim free)."""
+    inputs = []
+    for i, a in enumerate(arrays):
+        dtype = (input_dtypes or {}).get(i, a.dtype.name if a.dtype != np.float64 else "float32")
+        inputs.append(keras.Input(shape=a.shape[1:], dtype=dtype, name=f"in_{i}"))
+    out = layer(_model_input(inputs))
+    return keras.Model(_model_input(inputs), out)
+
+
+def _from_config_without_dtype(layer):
+    config = dict(layer.get_config())
+    config.pop("dtype", None)
+    return layer.__class__.from_config(config)
+
+
+def check_config_round_trip(obj):
+    """`from_config(get_config())` gives an object with the same config."""
+    config = obj.get_config()
+    json.dumps(config)  # must be JSON-serializable for `.keras`
+    clone = obj.__class__.from_config(copy.deepcopy(config))  # Functional consumes its dict
+    again = clone.get_config()
+    changed = sorted(k for k in set(config) | set(again) if config.get(k) != again.get(k))
+    assert not changed, (
+        f"get_config/from_config round trip changed {changed}: "
+        f"{[(config.get(k), again.get(k)) for k in changed][:3]}"
+    )
+    return clone
+
+
+def check_keras_reload(model, arrays, atol=1e-6):
+    """Saves `model` to `.keras`, reloads it in a fresh process with `safe_mode=True`."""
+    expected = _outputs(model, arrays)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "model.keras")
+        model.save(path)
+        for i, a in enumerate(arrays):
+            np.save(os.path.join(tmp, f"in_{i}.npy"), a)
+        script = textwrap.dedent(
+            f"""
+            import os, numpy as np, keras
+            import kcv  # registers the kcv objects, as a user's process does
+            tmp = {tmp!r}
+            model = keras.saving.load_model(os.path.join(tmp, "model.keras"), safe_mode=True)
+            arrays = [np.load(os.path.join(tmp, f"in_{{i}}.npy")) for i in range({len(arrays)})]
+            out = model(arrays if len(arrays) > 1 else arrays[0], training=False)
+            out = out if isinstance(out, (list, tuple)) else [out]
+            for i, o in enumerate(out):
+                np.save(os.path.join(tmp, f"out_{{i}}.npy"), np.asarray(o))
+            """
+        )
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=_ROOT)
+        proc = subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300
+        )
+        assert proc.returncode == 0, f"reload in a fresh process failed:\n{proc.stderr[-3000:]}"
+        got = [np.load(os.path.join(tmp, f"out_{i}.npy")) for i in range(len(expected))]
+    for e, g in zip(expected, got):
+        np.testing.assert_allclose(g, e, atol=atol, rtol=0, err_msg="`.keras` reload differs")
+
+
+def check_mixed_precision(factory, arrays, reference_model, rtol=5e-2, train=True):
+    """Forward pass and one training step under `mixed_float16`.
+
+    The mixed-precision model gets the float32 model's weights, so its outputs must match the
+    float32 outputs within float16 accuracy; a training step must give a finite loss and
+    change the trainable weights.
+    """
+    expected = _outputs(reference_model, arrays)
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        obj = factory()
+        model = obj if isinstance(obj, keras.Model) else _wrap(obj, arrays)
+        model.set_weights(reference_model.get_weights())
+        got = _outputs(model, arrays)
+        for e, g in zip(expected, got):
+            g = g.astype(np.float32)
+            assert np.all(np.isfinite(g)), "non-finite output under mixed_float16"
+            scale = max(1.0, float(np.max(np.abs(e))) if e.size else 1.0)
+            np.testing.assert_allclose(g, e, atol=rtol * scale, rtol=0,
+                                       err_msg="mixed_float16 output differs from float32")
+        if train and model.trainable_weights:
+            targets = [np.zeros_like(o, dtype=np.float32) + 0.5 for o in expected]
+            model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
+            before = [np.array(w) for w in model.trainable_weights]
+            hist = model.fit(_model_input(arrays), _model_input(targets) if len(targets) > 1
+                             else targets[0], epochs=1, batch_size=arrays[0].shape[0], verbose=0)
+            loss = hist.history["loss"][-1]
+            assert np.isfinite(loss), f"training step under mixed_float16 gave loss={loss}"
+            after = [np.array(w) for w in model.trainable_weights]
+            assert any(not np.array_equal(b, a) for b, a in zip(before, after)), (
+                "a training step under mixed_float16 did not change any weight"
+            )
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def check_xla(model, arrays, atol=1e-5):
+    """The forward pass compiles with `jit_compile=True` and matches eager execution."""
+    expected = _outputs(model, arrays)
+    fn = tf.function(lambda *xs: model(_model_input(list(xs)), training=False), jit_compile=True)
+    got = [np.asarray(o) for o in _as_list(fn(*arrays))]
+    for e, g in zip(expected, got):
+        np.testing.assert_allclose(g, e, atol=atol, rtol=0, err_msg="XLA output differs")
+
+
+def check_tflite(model, arrays, atol=1e-4, batch_size="fixed"):
+    """Converts with TFLITE_BUILTINS only and compares LiteRT outputs with Keras (max abs diff).
+
+    Returns the `.tflite` bytes.
+    """
+    expected = _outputs(model, arrays)
+    content = export.convert_to_tflite(
+        model, batch_size=arrays[0].shape[0] if batch_size == "fixed" else batch_size
+    )
+    ops = export.tflite_ops(content)
+    bad = [op for op in ops if op.startswith("Flex") or op == "CUSTOM"]
+    assert not bad, f"non-builtin ops in the TFLite model: {bad}"
+    got = export.run_tflite(content, arrays, output_names=export.output_names(model))
+    for e, g in zip(expected, got):
+        assert e.shape == g.shape, f"TFLite output shape {g.shape} != Keras {e.shape}"
+        diff = float(np.max(np.abs(e - g))) if e.size else 0.0
+        assert diff <= atol, f"TFLite max abs diff {diff} > {atol}"
+    return content
+
+
+def check_layer(factory, inputs, *, config=True, keras_reload=True, mixed_precision=True,
+                train=True, xla=True, tflite=True, xla_atol=1e-5, tflite_atol=1e-4,
+                mixed_precision_rtol=5e-2, input_dtypes=None):
+    """The standard checks for a layer or model (DESIGN.md, "Tests and CI").
+
+    Args:
+        factory: a zero-argument callable returning a new layer or model (called again under
+            `mixed_float16`), or a layer instance (re-created from its config there).
+        inputs: an array or list of arrays (batch first) to feed.
+        config, keras_reload, mixed_precision, train, xla, tflite: which checks to run
+            (all by default; switching one off needs a reason in the test).
+        xla_atol, tflite_atol, mixed_precision_rtol: tolerances.
+        input_dtypes: `{input_index: dtype}` for non-float inputs when wrapping a layer.
+
+    Returns:
+        The float32 Keras model that was checked (a layer is wrapped in a functional model).
+    """
+    arrays = [np.asarray(a) for a in _as_list(inputs)]
+    if isinstance(factory, keras.Model):
+        raise TypeError("check_layer needs a factory for models, so that it can rebuild them "
+                        "under mixed_float16: pass `lambda: MyModel(...)`.")
+    if isinstance(factory, keras.layers.Layer):
+        instance = factory
+
+        def factory():
+            return _from_config_without_dtype(instance)
+
+        obj = instance
+    else:
+        obj = factory()
+    model = obj if isinstance(obj, keras.Model) else _wrap(obj, arrays, input_dtypes)
+    _outputs(model, arrays)  # builds everything
+    if config:
+        check_config_round_trip(obj)
+    if keras_reload:
+        check_keras_reload(model, arrays)
+    if xla:
+        check_xla(model, arrays, atol=xla_atol)
+    if tflite:
+        check_tflite(model, arrays, atol=tflite_atol)
+    if mixed_precision:
+        check_mixed_precision(factory, arrays, model, rtol=mixed_precision_rtol, train=train)
+    return model
+
+
+def check_gradients(fn, args, *, delta=1e-4, atol=1e-6, rtol=1e-5):
+    """float64 `tf.test.compute_gradient` check of `fn(*args)` with respect to every arg.
+
+    Args:
+        fn: a function of float64 tensors (wrap the op to close over integer arguments).
+        args: float64 arrays.
+        delta: finite-difference step.
+        atol, rtol: tolerance between theoretical and numerical Jacobians.
+    """
+    args = [tf.constant(np.asarray(a, dtype=np.float64)) for a in args]
+    theoretical, numerical = tf.test.compute_gradient(fn, args, delta=delta)
+    for i, (t, n) in enumerate(zip(theoretical, numerical)):
+        np.testing.assert_allclose(
+            t, n, atol=atol, rtol=rtol, err_msg=f"gradient of argument {i} disagrees with finite differences"
+        )

@@ -1,1 +1,3 @@
-"""kcv.models."""
+"""kcv.models: functional model builders (backbones, segmentation, detection)."""
+
+from kcv.models.segmentation import UNet

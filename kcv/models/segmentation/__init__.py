@@ -1,0 +1,3 @@
+"""Segmentation models."""
+
+from kcv.models.segmentation.unet import UNet

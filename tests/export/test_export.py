@@ -1,0 +1,126 @@
+"""Export: SavedModel served without kcv, TFLite conversions, Flex refusal, verification."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import export
+from kcv.models import UNet
+
+
+@pytest.fixture(scope="module")
+def unet():
+    keras.utils.set_random_seed(0)
+    return UNet((16, 16, 3), 3, filters=4, depth=2)
+
+
+@pytest.fixture(scope="module")
+def images():
+    return np.random.default_rng(0).random((4, 16, 16, 3)).astype("float32")
+
+
+def test_saved_model_runs_in_a_process_that_cannot_import_kcv(unet, images, tmp_path):
+    path = export.to_saved_model(unet, tmp_path / "unet" / "1")
+    np.save(tmp_path / "x.npy", images)
+    script = textwrap.dedent(f"""
+        import sys
+        sys.modules["kcv"] = None  # as in TF Serving: kcv is not importable
+        sys.modules["custom_ops"] = None
+        import numpy as np, tensorflow as tf
+        loaded = tf.saved_model.load({str(path)!r})
+        fn = loaded.signatures["serving_default"]
+        inputs = list(fn.structured_input_signature[1])
+        out = fn(image=tf.constant(np.load({str(tmp_path / 'x.npy')!r})))
+        print(inputs, sorted(out))
+        np.save({str(tmp_path / 'y.npy')!r}, out["probabilities"].numpy())
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "['image'] ['probabilities']" in proc.stdout
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), unet(images), atol=1e-6)
+
+
+def test_existing_export_needs_overwrite(unet, tmp_path):
+    path = tmp_path / "m.tflite"
+    export.to_tflite(unet, path)
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        export.to_tflite(unet, path)
+    export.to_tflite(unet, path, overwrite=True)
+    export.to_saved_model(unet, tmp_path / "sm")
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        export.to_saved_model(unet, tmp_path / "sm")
+
+
+def test_float32_tflite_matches_keras_and_is_builtins_only(unet, images, tmp_path):
+    path = export.to_tflite(unet, tmp_path / "m.tflite")
+    report = export.verify(unet, path, images, num_runs=3)
+    assert report["max_abs_diff"] <= 1e-4
+    assert report["builtins_only"]
+    assert "CONV_2D" in report["ops"] and "TRANSPOSE_CONV" in report["ops"]
+    assert report["file_size_bytes"] == os.path.getsize(path)
+    assert report["median_latency_ms"] > 0
+
+
+def test_float16_and_dynamic_quantization_shrink_the_file_and_stay_close(unet, images):
+    sizes, diffs = {}, {}
+    for q in (None, "float16", "dynamic"):
+        content = export.convert_to_tflite(unet, quantization=q)
+        sizes[q] = len(content)
+        diffs[q] = export.verify(unet, content, images, num_runs=1)["max_abs_diff"]
+    assert sizes["float16"] < sizes[None] and sizes["dynamic"] < sizes[None]
+    assert diffs["float16"] < 1e-2 and diffs["dynamic"] < 5e-2
+
+
+def test_int8_full_integer(unet, images):
+    with pytest.raises(ValueError, match="representative_data"):
+        export.convert_to_tflite(unet, quantization="int8")
+    content = export.convert_to_tflite(unet, quantization="int8",
+                                       representative_data=[images[i:i + 1] for i in range(4)])
+    ops = export.tflite_ops(content)
+    assert "QUANTIZE" in ops and "CONV_2D" in ops
+    out = export.run_tflite(content, images)[0]
+    assert np.abs(out - np.asarray(unet(images))).max() < 0.1  # softmax outputs in [0, 1]
+    io = export.convert_to_tflite(unet, quantization="int8", int8_io=True,
+                                  representative_data=[images[i:i + 1] for i in range(4)])
+    out_io = export.run_tflite(io, images)[0]  # inputs quantized, outputs de-quantized for us
+    assert np.abs(out_io - np.asarray(unet(images))).max() < 0.1
+
+
+def test_flex_ops_are_refused_with_their_names():
+    inputs = keras.Input((4,))
+
+    class NeedsFlex(keras.layers.Layer):
+        def call(self, x):
+            return tf.math.erfinv(tf.clip_by_value(x, -0.5, 0.5))
+
+    model = keras.Model(inputs, NeedsFlex()(inputs))
+    with pytest.raises(export.FlexOpsError, match="Erfinv") as info:
+        export.convert_to_tflite(model)
+    assert info.value.ops == ["Erfinv"]
+
+
+def test_multiple_inputs_and_outputs_keep_their_order():
+    a = keras.Input((3,), name="zeta")
+    b = keras.Input((3,), name="alpha")
+    s = keras.layers.Add(name="z_sum")([a, keras.layers.Rescaling(2.0)(b)])
+    d = keras.layers.Subtract(name="a_diff")([a, b])
+    model = keras.Model([a, b], [s, d])
+    xa, xb = np.ones((2, 3), "float32"), np.full((2, 3), 10.0, "float32")
+    out = export.run_tflite(export.convert_to_tflite(model, batch_size=None), [xa, xb],
+                            output_names=export.output_names(model))
+    np.testing.assert_allclose(out[0], xa + 2 * xb)
+    np.testing.assert_allclose(out[1], xa - xb)
+
+
+def test_bad_arguments(unet):
+    with pytest.raises(ValueError, match="quantization"):
+        export.convert_to_tflite(unet, quantization="int4")
+    with pytest.raises(ValueError, match="inputs"):
+        export.run_tflite(export.convert_to_tflite(unet), [np.zeros((1, 16, 16, 3))] * 2)

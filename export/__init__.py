@@ -7,9 +7,9 @@ Example:
     >>> report = export.verify(model, "out/model.tflite", inputs=images)
 """
 
+from export._common import output_names
 from export.saved_model import to_saved_model
 from export.tflite import FlexOpsError, convert_to_tflite, run_tflite, to_tflite
-from export._common import output_names
 from export.verify import tflite_ops, verify
 
 __all__ = [

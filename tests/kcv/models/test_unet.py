@@ -6,6 +6,7 @@ import pytest
 
 from kcv.data.synthetic import make_shapes
 from kcv.models import UNet
+
 from kcv_testing import check_layer
 
 

@@ -54,8 +54,12 @@ def _from_config_without_dtype(layer):
     return layer.__class__.from_config(config)
 
 
-def check_config_round_trip(obj):
-    """`from_config(get_config())` gives an object with the same config."""
+def check_config_round_trip(obj, arrays=None, input_dtypes=None):
+    """`from_config(get_config())` gives the same config and, given inputs, the same outputs.
+
+    Comparing outputs (with the original's weights copied over) catches a constructor argument
+    that `get_config` forgets: the configs then agree with each other, the behaviour does not.
+    """
     config = obj.get_config()
     json.dumps(config)  # must be JSON-serializable for `.keras`
     clone = obj.__class__.from_config(copy.deepcopy(config))  # Functional consumes its dict
@@ -65,6 +69,15 @@ def check_config_round_trip(obj):
         f"get_config/from_config round trip changed {changed}: "
         f"{[(config.get(k), again.get(k)) for k in changed][:3]}"
     )
+    if arrays is not None:
+        original = obj if isinstance(obj, keras.Model) else _wrap(obj, arrays, input_dtypes)
+        rebuilt = clone if isinstance(clone, keras.Model) else _wrap(clone, arrays, input_dtypes)
+        expected = _outputs(original, arrays)
+        _outputs(rebuilt, arrays)
+        rebuilt.set_weights(original.get_weights())
+        for e, g in zip(expected, _outputs(rebuilt, arrays)):
+            np.testing.assert_allclose(g, e, atol=1e-6, rtol=0,
+                                       err_msg="the layer rebuilt from its config differs")
     return clone
 
 
@@ -197,7 +210,7 @@ def check_layer(factory, inputs, *, config=True, keras_reload=True, mixed_precis
     model = obj if isinstance(obj, keras.Model) else _wrap(obj, arrays, input_dtypes)
     _outputs(model, arrays)  # builds everything
     if config:
-        check_config_round_trip(obj)
+        check_config_round_trip(obj, arrays, input_dtypes)
     if keras_reload:
         check_keras_reload(model, arrays)
     if xla:

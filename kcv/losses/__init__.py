@@ -1,3 +1,15 @@
 """kcv.losses: losses as a function plus a serializable `keras.losses.Loss` class."""
 
-from kcv.losses.segmentation import BCEDiceLoss, DiceLoss, bce_dice_loss, dice_loss
+from kcv.losses.segmentation import (
+    BCEDiceLoss,
+    DiceFocalLoss,
+    DiceLoss,
+    TverskyLoss,
+    WeightedCrossentropy,
+    bce_dice_loss,
+    dense_focal_loss,
+    dice_focal_loss,
+    dice_loss,
+    tversky_loss,
+    weighted_crossentropy,
+)

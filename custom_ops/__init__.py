@@ -1,1 +1,3 @@
 """custom_ops: stateless TensorFlow ops with hand-written gradients (no Keras)."""
+
+from custom_ops.roi_align import roi_align

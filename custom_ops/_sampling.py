@@ -1,0 +1,191 @@
+"""Shared helpers for the RoI ops: argument checks and bilinear gather/scatter on NHWC maps.
+
+The bilinear rules are torchvision's `bilinear_interpolate` (used by RoIAlign): a sample with
+`y < -1` or `y > H` (likewise `x`) contributes zero; otherwise the coordinate is clamped into
+`[0, H - 1]`, so at the last row/column both corners collapse onto the border pixel. The
+interpolation is separable, so the weights are computed per axis (`axis_weights`) and combined
+into four corners (`corner_indices_and_weights`). Features are read as a flat `[N * H * W, C]`
+matrix with `tf.gather` (a TFLite builtin and XLA-friendly); the gradient is the transposed
+scatter with `tf.math.unsorted_segment_sum`.
+
+Deformable convolution uses different border rules (zero-padded corners) and has its own code.
+"""
+
+import numbers
+
+import tensorflow as tf
+
+
+def compute_dtype(dtype):
+    """float32 for half types (sums of many samples), float64 stays float64."""
+    return tf.float64 if dtype == tf.float64 else tf.float32
+
+
+def check_output_size(output_size):
+    """`output_size` as a `(height, width)` pair of positive Python ints."""
+    size = (output_size, output_size) if isinstance(output_size, numbers.Integral) else output_size
+    try:
+        size = tuple(size)
+    except TypeError:
+        size = None
+    if (
+        size is None
+        or len(size) != 2
+        or not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) for s in size)
+        or min(size) < 1
+    ):
+        raise ValueError(
+            "`output_size` must be a positive int or a pair of positive ints (height, width). "
+            f"Received: output_size={output_size!r}"
+        )
+    return int(size[0]), int(size[1])
+
+
+def check_spatial_scale(spatial_scale):
+    if (
+        not isinstance(spatial_scale, numbers.Real)
+        or isinstance(spatial_scale, bool)
+        or not 0 < float(spatial_scale) < float("inf")
+    ):
+        raise ValueError(
+            "`spatial_scale` must be a positive finite number (feature size / image size). "
+            f"Received: spatial_scale={spatial_scale!r}"
+        )
+    return float(spatial_scale)
+
+
+def check_roi_inputs(features, boxes, box_indices):
+    """Static checks of `features` [N, H, W, C], `boxes` [K, 4] and `box_indices` [K].
+
+    Returns the three tensors (`box_indices` as int32) and the static `(H, W)`.
+    """
+    features = tf.convert_to_tensor(features)
+    if not features.dtype.is_floating:
+        raise TypeError(
+            f"`features` must be a float tensor. Received: features.dtype={features.dtype.name}"
+        )
+    if features.shape.rank != 4:
+        raise ValueError(
+            "`features` must be a rank-4 NHWC tensor [N, H, W, C]. "
+            f"Received: features.shape={features.shape}"
+        )
+    height, width = features.shape[1], features.shape[2]
+    if height is None or width is None or height < 1 or width < 1:
+        raise ValueError(
+            "`features` must have a static, non-zero height and width. "
+            f"Received: features.shape={features.shape}"
+        )
+    boxes = tf.convert_to_tensor(boxes)
+    if not boxes.dtype.is_floating:
+        boxes = tf.cast(boxes, tf.float32)
+    if boxes.shape.rank != 2 or boxes.shape[-1] != 4:
+        raise ValueError(
+            "`boxes` must have shape [K, 4] with rows [y1, x1, y2, x2]. "
+            f"Received: boxes.shape={boxes.shape}"
+        )
+    box_indices = tf.convert_to_tensor(box_indices)
+    if not box_indices.dtype.is_integer:
+        raise TypeError(
+            "`box_indices` must be an integer tensor [K]. "
+            f"Received: box_indices.dtype={box_indices.dtype.name}"
+        )
+    if box_indices.shape.rank != 1:
+        raise ValueError(
+            f"`box_indices` must have shape [K]. Received: box_indices.shape={box_indices.shape}"
+        )
+    k_boxes, k_indices = boxes.shape[0], box_indices.shape[0]
+    if k_boxes is not None and k_indices is not None and k_boxes != k_indices:
+        raise ValueError(
+            "`boxes` and `box_indices` must have the same length K. "
+            f"Received: boxes.shape={boxes.shape}, box_indices.shape={box_indices.shape}"
+        )
+    return features, boxes, tf.cast(box_indices, tf.int32), (int(height), int(width))
+
+
+def runtime_checks(features, boxes, box_indices):
+    """Run-time checks (finite boxes, indices in [0, N), equal K); returns control deps."""
+    n = tf.shape(features)[0]
+    return [
+        tf.debugging.assert_equal(
+            tf.shape(boxes)[0], tf.shape(box_indices)[0],
+            message="`boxes` and `box_indices` must have the same length K",
+        ),
+        tf.debugging.assert_all_finite(boxes, message="`boxes` must be finite"),
+        tf.debugging.assert_greater_equal(
+            box_indices, 0, message="`box_indices` must be >= 0 (an image of `features`)"
+        ),
+        tf.debugging.assert_less(
+            box_indices, n, message="`box_indices` must be < N, the batch size of `features`"
+        ),
+    ]
+
+
+def axis_weights(coord, size):
+    """Per-axis bilinear corners and weights with torchvision's border rules.
+
+    Args:
+        coord: float Tensor of sample coordinates along one axis (any shape).
+        size: Python int, the length of that axis.
+
+    Returns:
+        `(low, high, w_low, w_high)`: int32 corner positions in `[0, size - 1]` and their
+        weights (zero for samples outside `[-1, size]`).
+    """
+    valid = tf.cast((coord >= -1.0) & (coord <= float(size)), coord.dtype)
+    clamped = tf.clip_by_value(coord, 0.0, float(size - 1))
+    low_f = tf.floor(clamped)
+    low = tf.cast(low_f, tf.int32)
+    high = tf.minimum(low + 1, size - 1)
+    frac = clamped - low_f
+    return low, high, (1.0 - frac) * valid, frac * valid
+
+
+def corner_indices_and_weights(base, y, x, height, width, y_scale=None, x_scale=None):
+    """Flat indices [4, K, Sy, Sx] into `[N * H * W]` and weights [4, K, Sy, Sx].
+
+    Args:
+        base: int32 [K], `box_index * H * W`.
+        y: float [K, Sy] sample rows; x: float [K, Sx] sample columns (the grid is their
+            outer product).
+        height, width: Python ints.
+        y_scale, x_scale: optional float [K, Sy] / [K, Sx] factors folded into the weights
+            (the averaging and sample masks).
+    """
+    y_lo, y_hi, wy_lo, wy_hi = axis_weights(y, height)
+    x_lo, x_hi, wx_lo, wx_hi = axis_weights(x, width)
+    if y_scale is not None:
+        wy_lo, wy_hi = wy_lo * y_scale, wy_hi * y_scale
+    if x_scale is not None:
+        wx_lo, wx_hi = wx_lo * x_scale, wx_hi * x_scale
+    rows = tf.stack([y_lo, y_lo, y_hi, y_hi]) * width + base[None, :, None]  # [4, K, Sy]
+    cols = tf.stack([x_lo, x_hi, x_lo, x_hi])  # [4, K, Sx]
+    wy = tf.stack([wy_lo, wy_lo, wy_hi, wy_hi])
+    wx = tf.stack([wx_lo, wx_hi, wx_lo, wx_hi])
+    indices = rows[:, :, :, None] + cols[:, :, None, :]
+    weights = wy[:, :, :, None] * wx[:, :, None, :]
+    return indices, weights
+
+
+def bilinear_gather(flat_features, indices, weights):
+    """Sum over the 4 corners of `weights * flat_features[indices]`.
+
+    Args:
+        flat_features: [N * H * W, C].
+        indices, weights: [4, ...] from `corner_indices_and_weights`.
+
+    Returns:
+        [..., C] interpolated values.
+    """
+    out = None
+    for corner in range(4):  # the four bilinear corners, not a loop over data
+        term = tf.gather(flat_features, indices[corner]) * weights[corner][..., None]
+        out = term if out is None else out + term
+    return out
+
+
+def bilinear_scatter(grads, indices, weights, num_pixels):
+    """The transpose of `bilinear_gather`: scatters `grads` [..., C] to `[num_pixels, C]`."""
+    channels = tf.shape(grads)[-1]
+    flat_idx = tf.reshape(indices, [-1])
+    updates = tf.reshape(grads[None] * weights[..., None], [-1, channels])
+    return tf.math.unsorted_segment_sum(updates, flat_idx, num_pixels)

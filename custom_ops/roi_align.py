@@ -1,0 +1,205 @@
+"""RoIAlign (Mask R-CNN) as a vectorised TensorFlow op with a hand-written gradient."""
+
+import numbers
+
+import tensorflow as tf
+
+from custom_ops import _sampling
+
+
+def _check_sampling_ratio(sampling_ratio):
+    if not isinstance(sampling_ratio, numbers.Integral) or isinstance(sampling_ratio, bool):
+        raise ValueError(
+            "`sampling_ratio` must be an int (> 0: fixed samples per bin side, <= 0: adaptive). "
+            f"Received: sampling_ratio={sampling_ratio!r}"
+        )
+    return int(sampling_ratio)
+
+
+def _in_xla_context():
+    from tensorflow.python.ops import control_flow_util  # no public API for this question
+
+    return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
+
+
+def _axis_samples(start, length, bins, grid, adaptive):
+    """Sample coordinates [K, bins * G] and their averaging factors along one axis.
+
+    `grid` is the per-RoI number of samples per bin side (int32 [K]) when `adaptive`, else a
+    Python int. Each bin `p` has samples at `start + p * b + (i + 0.5) * b / grid`, `b =
+    length / bins`, for `i < grid`; padded samples (adaptive) get factor 0.
+    """
+    bin_size = length / bins  # [K]
+    if adaptive:
+        num = tf.maximum(tf.reduce_max(grid), 1)  # G: the largest grid, others are masked
+        grid_f = tf.cast(tf.maximum(grid, 1), start.dtype)[:, None, None]
+        steps = tf.range(num)
+        scale = tf.where(steps[None, None, :] < grid[:, None, None], 1.0 / grid_f,
+                         tf.zeros_like(grid_f))
+    else:
+        num = grid
+        grid_f = tf.cast(grid, start.dtype)
+        steps = tf.range(grid)
+        scale = None
+    # Same operation order as torchvision (start + p * b + ((i + 0.5) * b) / grid), so that
+    # samples exactly on the border (y == H) fall on the same side.
+    bins_f = tf.cast(tf.range(bins), start.dtype)[None, :, None]
+    steps_f = (tf.cast(steps, start.dtype) + 0.5)[None, None, :]
+    size = bin_size[:, None, None]
+    coords = (start[:, None, None] + bins_f * size) + (steps_f * size) / grid_f
+    k = tf.shape(start)[0]
+    coords = tf.reshape(coords, [k, -1])
+    if scale is not None:
+        scale = tf.reshape(tf.broadcast_to(scale, tf.shape(tf.reshape(coords, [k, bins, -1]))),
+                           [k, -1])
+    else:
+        scale = tf.fill(tf.shape(coords), tf.constant(1.0, start.dtype) / float(grid))
+    return coords, scale, num
+
+
+def _plan(features, boxes, box_indices, output_size, spatial_scale, sampling_ratio, aligned):
+    """Flat corner indices/weights of every sample, and the sample grid size per bin side."""
+    _, height, width, _ = features.shape
+    dtype = _sampling.compute_dtype(features.dtype)
+    boxes = tf.stop_gradient(tf.cast(boxes, dtype))  # no gradient to boxes (as torchvision)
+    offset = 0.5 if aligned else 0.0
+    y1 = boxes[:, 0] * spatial_scale - offset
+    x1 = boxes[:, 1] * spatial_scale - offset
+    roi_h = boxes[:, 2] * spatial_scale - offset - y1
+    roi_w = boxes[:, 3] * spatial_scale - offset - x1
+    if not aligned:  # legacy Mask R-CNN: force malformed RoIs to be at least 1x1
+        roi_h, roi_w = tf.maximum(roi_h, 1.0), tf.maximum(roi_w, 1.0)
+    out_h, out_w = output_size
+    adaptive = sampling_ratio <= 0
+    if adaptive:
+        grid_h = tf.maximum(tf.cast(tf.math.ceil(roi_h / out_h), tf.int32), 0)
+        grid_w = tf.maximum(tf.cast(tf.math.ceil(roi_w / out_w), tf.int32), 0)
+    else:
+        grid_h = grid_w = sampling_ratio
+    y, y_scale, gh = _axis_samples(y1, roi_h, out_h, grid_h, adaptive)
+    x, x_scale, gw = _axis_samples(x1, roi_w, out_w, grid_w, adaptive)
+    base = box_indices * (height * width)
+    indices, weights = _sampling.corner_indices_and_weights(
+        base, y, x, height, width, y_scale, x_scale
+    )
+    return indices, weights, gh, gw
+
+
+def _forward(features, indices, weights, output_size, gh, gw):
+    _, height, width, channels = features.shape
+    dtype = _sampling.compute_dtype(features.dtype)
+    flat = tf.reshape(tf.cast(features, dtype), [-1, tf.shape(features)[-1]])
+    samples = _sampling.bilinear_gather(flat, indices, weights)  # [K, oh * gh, ow * gw, C]
+    k = tf.shape(indices)[1]
+    out_h, out_w = output_size
+    samples = tf.reshape(samples, [k, out_h, gh, out_w, gw, tf.shape(features)[-1]])
+    return tf.cast(tf.reduce_sum(samples, axis=[2, 4]), features.dtype)
+
+
+def _prepare(features, boxes, box_indices, output_size, spatial_scale, sampling_ratio):
+    features, boxes, box_indices, _ = _sampling.check_roi_inputs(features, boxes, box_indices)
+    output_size = _sampling.check_output_size(output_size)
+    spatial_scale = _sampling.check_spatial_scale(spatial_scale)
+    sampling_ratio = _check_sampling_ratio(sampling_ratio)
+    if sampling_ratio <= 0 and _in_xla_context():
+        raise ValueError(
+            "roi_align with adaptive sampling (`sampling_ratio <= 0`) has a data-dependent "
+            "number of samples per bin and cannot be compiled with XLA or exported to TFLite. "
+            "Pass a fixed `sampling_ratio > 0` (e.g. 2). "
+            f"Received: sampling_ratio={sampling_ratio}"
+        )
+    with tf.control_dependencies(_sampling.runtime_checks(features, boxes, box_indices)):
+        features = tf.identity(features)
+    return features, boxes, box_indices, output_size, spatial_scale, sampling_ratio
+
+
+def roi_align(features, boxes, box_indices, output_size, spatial_scale=1.0, sampling_ratio=-1,
+              aligned=True):
+    """RoIAlign: average of bilinear samples on a regular grid in each bin of each box.
+
+    The definition is torchvision's `roi_align` (= Detectron2's `ROIAlign`). For box `k` with
+    corners scaled by `spatial_scale` and shifted by `-0.5` when `aligned`, bin `(i, j)` of an
+    `output_size` grid is the mean of `gh * gw` bilinear samples at the centres of a regular
+    `gh x gw` sub-grid. A sample with `y < -1`, `y > H`, `x < -1` or `x > W` contributes zero;
+    other samples are clamped into the map, so at the border both corners are the edge pixel.
+
+    `sampling_ratio > 0` uses `gh = gw = sampling_ratio`. `sampling_ratio <= 0` is adaptive:
+    `gh = ceil(roi_height / output_height)` (likewise `gw`) per box. Adaptive sampling is
+    data-dependent (the sample count depends on the box values): it runs eagerly and in
+    `tf.function`, pads every box to the largest grid of the batch (memory grows with it), and
+    raises a `ValueError` under XLA (`jit_compile=True`). For XLA and TFLite use a fixed
+    `sampling_ratio > 0`; `kcv.layers.RoIAlign` refuses to be exported with adaptive sampling.
+
+    The gradient with respect to `features` is the transposed bilinear scatter (each output
+    gradient goes to the four neighbours of each sample with weights `(1 - dy)(1 - dx)`, ...).
+    No gradient flows to `boxes` (as in torchvision and Detectron2).
+
+    Args:
+        features: float Tensor [N, H, W, C] (NHWC) with static H and W.
+        boxes: float Tensor [K, 4] of `[y1, x1, y2, x2]` in the pixel coordinates of the image
+            `features` was computed from (multiplied by `spatial_scale` to reach the map).
+        box_indices: int Tensor [K], the image of `features` each box belongs to, in `[0, N)`.
+        output_size: int or `(height, width)`, the bins per box.
+        spatial_scale: feature map size / image size, e.g. `1 / 16`. Default 1.
+        sampling_ratio: samples per bin side; `<= 0` (default -1) for adaptive.
+        aligned: `True` (default) shifts the box by -0.5 pixel so that sample centres line up
+            with pixel centres (Detectron2); `False` is the original Mask R-CNN op, which also
+            clamps box height and width to at least 1.
+
+    Returns:
+        Tensor [K, output_height, output_width, C] of the dtype of `features` (computed in
+        float32 for half types). `K = 0` gives an empty `[0, oh, ow, C]` tensor.
+
+    Raises:
+        ValueError / TypeError: wrong ranks, shapes or dtypes, non-positive `output_size` or
+            `spatial_scale`, adaptive sampling under XLA.
+        tf.errors.InvalidArgumentError: non-finite boxes, `box_indices` outside `[0, N)`.
+
+    Example:
+        >>> features = tf.random.normal([2, 50, 68, 256])
+        >>> boxes = tf.constant([[16.0, 32.0, 320.0, 480.0]])  # y1, x1, y2, x2 image pixels
+        >>> roi_align(features, boxes, [0], 7, spatial_scale=1 / 16, sampling_ratio=2).shape
+        TensorShape([1, 7, 7, 256])
+
+    Reference:
+        He et al., "Mask R-CNN", ICCV 2017; Wu et al., Detectron2 `ROIAlign(aligned=True)`.
+    """
+    with tf.name_scope("roi_align"):
+        features, boxes, box_indices, output_size, spatial_scale, sampling_ratio = _prepare(
+            features, boxes, box_indices, output_size, spatial_scale, sampling_ratio
+        )
+        shape = tf.shape(features)
+        num_pixels = shape[0] * shape[1] * shape[2]
+
+        @tf.custom_gradient
+        def _op(feats):
+            indices, weights, gh, gw = _plan(
+                feats, boxes, box_indices, output_size, spatial_scale, sampling_ratio, aligned
+            )
+            out = _forward(feats, indices, weights, output_size, gh, gw)
+
+            def grad(dy):
+                dtype = weights.dtype
+                k, out_h, out_w, c = tf.unstack(tf.shape(dy))
+                dy = tf.cast(dy, dtype)[:, :, None, :, None, :]
+                dy = tf.broadcast_to(dy, [k, out_h, gh, out_w, gw, c])
+                dy = tf.reshape(dy, [k, out_h * gh, out_w * gw, c])
+                d_feats = _sampling.bilinear_scatter(dy, indices, weights, num_pixels)
+                return tf.cast(tf.reshape(d_feats, shape), feats.dtype)
+
+            return out, grad
+
+        return _op(features)
+
+
+def _roi_align_reference(features, boxes, box_indices, output_size, spatial_scale=1.0,
+                         sampling_ratio=-1, aligned=True):
+    """`roi_align` with TensorFlow's automatic gradient (for tests and the memory benchmark)."""
+    with tf.name_scope("roi_align_reference"):
+        features, boxes, box_indices, output_size, spatial_scale, sampling_ratio = _prepare(
+            features, boxes, box_indices, output_size, spatial_scale, sampling_ratio
+        )
+        indices, weights, gh, gw = _plan(
+            features, boxes, box_indices, output_size, spatial_scale, sampling_ratio, aligned
+        )
+        return _forward(features, indices, weights, output_size, gh, gw)

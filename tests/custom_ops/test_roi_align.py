@@ -1,0 +1,238 @@
+"""custom_ops.roi_align against a NumPy port of the definition (torchvision's loops), float64."""
+
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import custom_ops
+from custom_ops.roi_align import _roi_align_reference
+
+from kcv_testing import check_gradients
+
+
+# ---------------------------------------------------------------------------------------------
+# NumPy oracle, written from the definition with plain loops (torchvision roi_align_kernel.cpp:
+# bilinear_interpolate / roi_align_forward / roi_align_backward). Boxes are [y1, x1, y2, x2].
+def _np_bilinear(height, width, y, x):
+    """[(row, col, weight)] of the bilinear sample at (y, x), torchvision's border rules."""
+    if y < -1.0 or y > height or x < -1.0 or x > width:
+        return []
+    y, x = max(y, 0.0), max(x, 0.0)
+    y_low, x_low = int(y), int(x)
+    if y_low >= height - 1:
+        y_high = y_low = height - 1
+        y = float(y_low)
+    else:
+        y_high = y_low + 1
+    if x_low >= width - 1:
+        x_high = x_low = width - 1
+        x = float(x_low)
+    else:
+        x_high = x_low + 1
+    ly, lx = y - y_low, x - x_low
+    hy, hx = 1.0 - ly, 1.0 - lx
+    return [(y_low, x_low, hy * hx), (y_low, x_high, hy * lx),
+            (y_high, x_low, ly * hx), (y_high, x_high, ly * lx)]
+
+
+def _np_roi_align_taps(shape, box, out_size, scale, ratio, aligned):
+    """For each bin (p, q): list of (row, col, weight / count)."""
+    _, height, width, _ = shape
+    oh, ow = out_size
+    off = 0.5 if aligned else 0.0
+    y1, x1, y2, x2 = box
+    start_h, start_w = y1 * scale - off, x1 * scale - off
+    roi_h, roi_w = y2 * scale - off - start_h, x2 * scale - off - start_w
+    if not aligned:
+        roi_h, roi_w = max(roi_h, 1.0), max(roi_w, 1.0)
+    bin_h, bin_w = roi_h / oh, roi_w / ow
+    gh = ratio if ratio > 0 else math.ceil(roi_h / oh)
+    gw = ratio if ratio > 0 else math.ceil(roi_w / ow)
+    count = max(gh * gw, 1)
+    taps = {}
+    for p in range(oh):
+        for q in range(ow):
+            lst = []
+            for iy in range(gh):
+                y = start_h + p * bin_h + (iy + 0.5) * bin_h / gh
+                for ix in range(gw):
+                    x = start_w + q * bin_w + (ix + 0.5) * bin_w / gw
+                    lst += [(r, c, w / count) for r, c, w in _np_bilinear(height, width, y, x)]
+            taps[p, q] = lst
+    return taps
+
+
+def np_roi_align(features, boxes, box_indices, out_size, scale, ratio, aligned, dy=None):
+    """Forward [K, oh, ow, C] and, given `dy`, the gradient with respect to `features`."""
+    oh, ow = out_size
+    out = np.zeros((len(boxes), oh, ow, features.shape[-1]))
+    grad = np.zeros_like(features, dtype=np.float64)
+    for k, (box, b) in enumerate(zip(boxes, box_indices)):
+        taps = _np_roi_align_taps(features.shape, box, out_size, scale, ratio, aligned)
+        for (p, q), lst in taps.items():
+            for r, c, w in lst:
+                out[k, p, q] += w * features[b, r, c]
+                if dy is not None:
+                    grad[b, r, c] += w * dy[k, p, q]
+    return out, grad
+
+
+# ---------------------------------------------------------------------------------------------
+_RNG = np.random.default_rng(0)
+_FEATURES = _RNG.normal(size=(2, 7, 9, 3))
+# [y1, x1, y2, x2] in image pixels: inside, partly outside (all sides), tiny, zero-size,
+# inverted, large, and exactly on the border.
+_BOXES_PX = np.array([
+    [1.0, 2.0, 5.5, 7.25],
+    [-3.0, -2.5, 4.0, 3.0],
+    [4.0, 6.0, 11.0, 13.0],
+    [2.3, 3.1, 2.6, 3.2],
+    [3.0, 3.0, 3.0, 3.0],
+    [5.0, 6.0, 2.0, 1.0],
+    [-1.0, -1.0, 8.0, 10.0],
+    [6.0, 8.0, 7.0, 9.0],
+])
+_BOX_INDICES = np.array([0, 1, 0, 1, 0, 1, 1, 0], np.int32)
+
+
+def _case(scale):
+    # Boxes are in image pixels: at scale 1/4 the image is 4x larger than the map.
+    return _BOXES_PX / scale
+
+
+@pytest.mark.parametrize("aligned", [True, False])
+@pytest.mark.parametrize("ratio", [-1, 1, 2])
+@pytest.mark.parametrize("scale", [1.0, 0.25])
+def test_forward_backward_match_numpy_definition(aligned, ratio, scale):
+    boxes = _case(scale)
+    out_size = (3, 2)
+    dy = _RNG.normal(size=(len(boxes), 3, 2, 3))
+    want, want_grad = np_roi_align(_FEATURES, boxes, _BOX_INDICES, out_size, scale, ratio,
+                                   aligned, dy)
+    feats = tf.constant(_FEATURES)
+    for fn in (custom_ops.roi_align, _roi_align_reference):
+        with tf.GradientTape() as tape:
+            tape.watch(feats)
+            got = fn(feats, boxes, _BOX_INDICES, out_size, scale, ratio, aligned)
+            loss = tf.reduce_sum(got * dy)
+        np.testing.assert_allclose(got.numpy(), want, atol=1e-6, rtol=0)
+        np.testing.assert_allclose(tape.gradient(loss, feats).numpy(), want_grad, atol=1e-6,
+                                   rtol=0)
+
+
+def test_float32_forward_matches_numpy():
+    want, _ = np_roi_align(_FEATURES, _BOXES_PX, _BOX_INDICES, (2, 2), 1.0, 2, True)
+    got = custom_ops.roi_align(_FEATURES.astype(np.float32), _BOXES_PX.astype(np.float32),
+                               _BOX_INDICES, 2, sampling_ratio=2)
+    assert got.dtype == tf.float32
+    np.testing.assert_allclose(got.numpy(), want, atol=1e-5, rtol=0)
+
+
+def test_float16_features_compute_in_float32_and_return_float16():
+    feats = np.full((1, 4, 4, 2), 60000.0)  # the sum of 4 samples would overflow float16
+    got = custom_ops.roi_align(feats.astype(np.float16), [[0.0, 0.0, 4.0, 4.0]], [0], 1,
+                               sampling_ratio=2)
+    assert got.dtype == tf.float16
+    np.testing.assert_allclose(got.numpy().astype(np.float64), 60000.0, rtol=1e-3)
+
+
+def test_hand_computed_single_sample():
+    # 2x2 map, one bin, one sample at the box centre: aligned box [0.5, 0.5, 1.5, 1.5] -> centre
+    # (0.5, 0.5) is the mean of the four pixels.
+    feats = np.array([1.0, 2.0, 3.0, 4.0]).reshape(1, 2, 2, 1)
+    got = custom_ops.roi_align(feats, [[0.5, 0.5, 1.5, 1.5]], [0], 1, sampling_ratio=1)
+    np.testing.assert_allclose(got.numpy().ravel(), [2.5])
+    # A box far outside the map samples nothing: zeros.
+    got = custom_ops.roi_align(feats, [[10.0, 10.0, 12.0, 12.0]], [0], 2, sampling_ratio=2)
+    np.testing.assert_array_equal(got.numpy(), 0.0)
+
+
+def test_empty_boxes_give_empty_output_and_zero_gradient():
+    feats = tf.constant(_FEATURES)
+    with tf.GradientTape() as tape:
+        tape.watch(feats)
+        out = custom_ops.roi_align(feats, np.zeros((0, 4)), np.zeros((0,), np.int32), (4, 5))
+        loss = tf.reduce_sum(out)
+    assert out.shape == (0, 4, 5, 3)
+    np.testing.assert_array_equal(tape.gradient(loss, feats).numpy(), 0.0)
+
+
+def test_no_gradient_to_boxes():
+    boxes = tf.constant(_BOXES_PX)
+    with tf.GradientTape() as tape:
+        tape.watch(boxes)
+        out = custom_ops.roi_align(_FEATURES, boxes, _BOX_INDICES, 2, sampling_ratio=2)
+    assert tape.gradient(out, boxes) is None
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("ratio", [-1, 2])
+def test_float64_gradient_check(seed, ratio):
+    rng = np.random.default_rng(seed)
+    feats = rng.normal(size=(2, 4, 5, 1))
+    boxes = rng.uniform(-1.0, 6.0, size=(4, 4))
+    idx = np.array([0, 1, 1, 0], np.int32)
+    check_gradients(lambda f: custom_ops.roi_align(f, boxes, idx, 2, 0.8, ratio), [feats])
+
+
+def test_tf_function_and_xla_match_eager():
+    args = (_FEATURES.astype(np.float32), _BOXES_PX.astype(np.float32), _BOX_INDICES)
+    eager = custom_ops.roi_align(*args, (3, 3), 0.5, 2, True).numpy()
+
+    def f(a, b, c):
+        return custom_ops.roi_align(a, b, c, (3, 3), 0.5, 2, True)
+
+    np.testing.assert_allclose(tf.function(f)(*args).numpy(), eager, atol=1e-6)
+    np.testing.assert_allclose(tf.function(f, jit_compile=True)(*args).numpy(), eager, atol=1e-5)
+    adaptive = custom_ops.roi_align(*args, (3, 3), 0.5, -1, True).numpy()
+    got = tf.function(lambda a, b, c: custom_ops.roi_align(a, b, c, (3, 3), 0.5, -1))(*args)
+    np.testing.assert_allclose(got.numpy(), adaptive, atol=1e-6)
+
+
+def test_adaptive_sampling_under_xla_raises_clear_error():
+    args = (_FEATURES.astype(np.float32), _BOXES_PX.astype(np.float32), _BOX_INDICES)
+    fn = tf.function(lambda a, b, c: custom_ops.roi_align(a, b, c, 2), jit_compile=True)
+    with pytest.raises(ValueError, match="adaptive sampling.*sampling_ratio > 0"):
+        fn(*args)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(features=np.zeros((7, 9, 3))), r"`features` must be a rank-4.*\(7, 9, 3\)"),
+        (dict(boxes=np.zeros((2, 5))), r"`boxes` must have shape \[K, 4\].*\(2, 5\)"),
+        (dict(boxes=np.zeros((2, 4, 1))), r"`boxes` must have shape \[K, 4\].*\(2, 4, 1\)"),
+        (dict(box_indices=np.zeros((3,), np.int32)), r"same length K.*\(2, 4\).*\(3,\)"),
+        (dict(output_size=0), r"`output_size` must be.*output_size=0"),
+        (dict(output_size=(2, -1)), r"`output_size` must be.*\(2, -1\)"),
+        (dict(spatial_scale=0.0), r"`spatial_scale` must be.*0.0"),
+        (dict(sampling_ratio=1.5), r"`sampling_ratio` must be an int.*1.5"),
+    ],
+)
+def test_bad_static_input_raises_value_error(kwargs, match):
+    args = dict(features=_FEATURES, boxes=_BOXES_PX[:2], box_indices=np.array([0, 1], np.int32),
+                output_size=2)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        custom_ops.roi_align(**args)
+
+
+@pytest.mark.parametrize(
+    "boxes, idx, match",
+    [
+        ([[0.0, 0.0, np.nan, 1.0]], [0], "`boxes` must be finite"),
+        ([[0.0, 0.0, np.inf, 1.0]], [0], "`boxes` must be finite"),
+        ([[0.0, 0.0, 1.0, 1.0]], [2], "`box_indices` must be < N"),
+        ([[0.0, 0.0, 1.0, 1.0]], [-1], "`box_indices` must be >= 0"),
+    ],
+)
+def test_bad_runtime_input_raises_invalid_argument(boxes, idx, match):
+    with pytest.raises(tf.errors.InvalidArgumentError, match=match):
+        custom_ops.roi_align(_FEATURES, np.array(boxes), np.array(idx, np.int32), 2, 1.0, 2)
+
+
+def test_integer_features_raise_type_error():
+    with pytest.raises(TypeError, match="`features` must be a float tensor.*int32"):
+        custom_ops.roi_align(np.zeros((1, 4, 4, 1), np.int32), [[0.0, 0, 1, 1]], [0], 2)

@@ -1,3 +1,3 @@
 """kcv.models: functional model builders (backbones, segmentation, detection)."""
 
-from kcv.models.segmentation import UNet
+from kcv.models.segmentation import UNet, UNetPlusPlus, prune

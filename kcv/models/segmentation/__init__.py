@@ -1,3 +1,4 @@
 """Segmentation models."""
 
 from kcv.models.segmentation.unet import UNet
+from kcv.models.segmentation.unet_plus_plus import UNetPlusPlus, prune

@@ -1,0 +1,149 @@
+"""UNet++ (Zhou et al., 2018): nested dense skip pathways, deep supervision and pruning."""
+
+import keras
+
+from kcv.models.segmentation.unet import _NORMS, _UPSAMPLING, _conv_block
+
+
+def _node_name(i, j):
+    return f"x{i}{j}" if max(i, j) < 10 else f"x{i}_{j}"
+
+
+def UNetPlusPlus(input_shape, num_classes, filters=32, depth=4, deep_supervision=True,
+                 norm="batch", upsampling="transpose", output_activation="auto",
+                 name="unet_plus_plus"):
+    """Builds UNet++: a U-Net whose skips are nested, densely connected convolution blocks.
+
+    Node `X(i, j)` sits at resolution level `i` (`i` halvings) and column `j`. The backbone
+    column `X(i, 0)` is the U-Net encoder (two 3x3 convolutions, 2x2 max pooling between
+    levels). Every other node concatenates all earlier nodes of its level with the upsampled
+    node below-left and applies two 3x3 convolutions:
+
+        X(i, j) = H([X(i, 0), ..., X(i, j - 1), Up(X(i + 1, j - 1))])
+
+    so the network holds `(depth + 1) * (depth + 2) / 2` nodes. The top row `X(0, 1..depth)`
+    ends in 1x1 convolution heads. With `deep_supervision=True` the model outputs all `depth`
+    heads (named `level1` ... `level<depth>`), which are trained on the mean of their losses
+    (the paper: binary cross-entropy + Dice on each), and `prune(model, level)` cuts the
+    trained network to the sub-network ending at one head (the paper's fast mode). Without
+    deep supervision only the last head `level<depth>` is an output.
+
+    Args:
+        input_shape: `(H, W, C)`; H and W divisible by `2**depth` (or `None`).
+        num_classes: output channels per head. 1 means binary segmentation.
+        filters: filters at level 0, doubled at each level (the paper: 32, 64, ..., 512).
+        depth: number of downsamplings, which is also the number of heads (the paper: 4).
+        deep_supervision: output every head `X(0, 1..depth)` (a list) or only the last one.
+        norm: `"batch"`, `"group"`, `"instance"` or `None` after each 3x3 convolution (the
+            paper's code uses none; batch norm trains faster at these sizes).
+        upsampling: `"transpose"` (2x2 transposed convolution, as the paper) or `"bilinear"`
+            (bilinear resize then 1x1 convolution).
+        output_activation: `"auto"` (softmax, or sigmoid when `num_classes == 1`), `None` for
+            logits, or a Keras activation name; computed in float32 under mixed precision.
+        name: model name.
+
+    Returns:
+        A `keras.Model` from `[B, H, W, C]` images to a list of `depth` tensors
+        `[B, H, W, num_classes]` (heads 1..depth) with deep supervision, else one tensor.
+
+    Example:
+        >>> model = UNetPlusPlus((96, 96, 1), num_classes=1, filters=32, depth=4)
+        >>> model.compile("adam", loss=[kcv.losses.BCEDiceLoss()] * 4, loss_weights=[0.25] * 4)
+        >>> model.fit(images, [masks] * 4)
+        >>> fast = prune(model, 2)  # inference network ending at head X(0, 2)
+
+    Reference:
+        Zhou, Rahman Siddiquee, Tajbakhsh & Liang, "UNet++: A Nested U-Net Architecture for
+        Medical Image Segmentation", DLMIA 2018 (arXiv:1807.10165).
+    """
+    # === Validate ===
+    if not isinstance(depth, int) or isinstance(depth, bool) or depth < 1:
+        raise ValueError(f"`depth` must be a positive int. Received: depth={depth!r}")
+    if not isinstance(filters, int) or isinstance(filters, bool) or filters < 1:
+        raise ValueError(f"`filters` must be a positive int. Received: filters={filters!r}")
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
+        raise ValueError(f"`num_classes` must be a positive int. Received: num_classes={num_classes!r}")
+    if norm not in _NORMS:
+        raise ValueError(f"`norm` must be one of {_NORMS}. Received: norm={norm!r}")
+    if upsampling not in _UPSAMPLING:
+        raise ValueError(f"`upsampling` must be one of {_UPSAMPLING}. Received: upsampling={upsampling!r}")
+    if len(input_shape) != 3:
+        raise ValueError(f"`input_shape` must be (H, W, C). Received: input_shape={input_shape!r}")
+    factor = 2**depth
+    for dim, size in zip(("height", "width"), input_shape[:2]):
+        if size is not None and size % factor:
+            raise ValueError(
+                f"The input {dim} must be divisible by 2**depth = {factor} (UNet++ halves the "
+                f"resolution {depth} times). Received: input_shape={tuple(input_shape)}"
+            )
+    if output_activation == "auto":
+        output_activation = "sigmoid" if num_classes == 1 else "softmax"
+
+    # === Functional Model ===
+    inputs = keras.Input(shape=tuple(input_shape), name="image")
+    nodes = {}
+    x = inputs
+    for i in range(depth + 1):  # backbone column X(i, 0)
+        if i:
+            x = keras.layers.MaxPooling2D(2, name=f"{_node_name(i - 1, 0)}_pool")(x)
+        x = _conv_block(x, filters * 2**i, norm, name=_node_name(i, 0))
+        nodes[i, 0] = x
+    for j in range(1, depth + 1):  # nested columns, left to right
+        for i in range(depth + 1 - j):
+            f = filters * 2**i
+            below = nodes[i + 1, j - 1]
+            node = _node_name(i, j)
+            if upsampling == "transpose":
+                up = keras.layers.Conv2DTranspose(f, 2, strides=2, name=f"{node}_upconv")(below)
+            else:
+                up = keras.layers.UpSampling2D(2, interpolation="bilinear", name=f"{node}_up")(below)
+                up = keras.layers.Conv2D(f, 1, name=f"{node}_upconv")(up)
+            same_level = [nodes[i, k] for k in range(j)]
+            x = keras.layers.Concatenate(name=f"{node}_concat")([*same_level, up])
+            nodes[i, j] = _conv_block(x, f, norm, name=node)
+    heads = []
+    for j in range(1 if deep_supervision else depth, depth + 1):
+        y = keras.layers.Conv2D(num_classes, 1, name=f"head{j}")(nodes[0, j])
+        y = keras.layers.Activation(output_activation or "linear", dtype="float32",
+                                    name=f"level{j}")(y)
+        heads.append(y)
+    return keras.Model(inputs, heads if deep_supervision else heads[0], name=name)
+
+
+def prune(model, level):
+    """The inference model of a trained UNet++ that stops at head `level` (the fast mode).
+
+    Head `X(0, L)` depends only on the nodes `X(i, j)` with `i + j <= L`, so the network up to
+    it is a UNet++ of depth `L`; the pruned model shares the trained layers (and weights) of
+    `model` and computes exactly what `model`'s head `L` computes, with fewer parameters and
+    less time. The paper trades a little accuracy for speed this way (its Fig. 4).
+
+    Args:
+        model: a model built by `UNetPlusPlus` (with `deep_supervision=True` for levels below
+            its depth), possibly reloaded from `.keras`.
+        level: the head to keep, `1 <= level <= depth`.
+
+    Returns:
+        A `keras.Model` from the images to `[B, H, W, num_classes]` (the output `level<L>`).
+
+    Example:
+        >>> fast = prune(model, 2)
+        >>> fast.count_params() < model.count_params()
+        True
+
+    Reference:
+        Zhou et al., "UNet++", DLMIA 2018, section 2 ("Model pruning").
+    """
+    names = [layer.name for layer in model.layers]
+    heads = sorted(int(n[5:]) for n in names if n.startswith("level") and n[5:].isdigit())
+    if not heads:
+        raise ValueError(
+            "`model` must be a UNet++ built by `UNetPlusPlus` (no `level<L>` output layers). "
+            f"Received: model={model.name!r}"
+        )
+    if isinstance(level, bool) or not isinstance(level, int) or level not in heads:
+        raise ValueError(
+            f"`level` must be one of the model's heads {heads}. Received: level={level!r}"
+        )
+    output = model.get_layer(f"level{level}").output
+    return keras.Model(model.input, output, name=f"{model.name}_l{level}")

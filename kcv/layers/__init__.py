@@ -1,3 +1,12 @@
 """kcv.layers: Keras layers wrapping kcv ops and the building blocks of kcv models."""
 
+from kcv.layers.conv_blocks import (
+    BasicBlock,
+    Bottleneck,
+    ConvBNAct,
+    DepthwiseSeparableConv,
+    InvertedResidual,
+    PreActBasicBlock,
+    PreActBottleneck,
+)
 from kcv.layers.normalization import normalization

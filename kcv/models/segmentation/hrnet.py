@@ -1,0 +1,176 @@
+"""HRNet (Sun et al., 2019) with the HRNetV2 segmentation head, as a Keras functional model."""
+
+import keras
+
+_BN_EPSILON = 1e-5
+
+
+def _conv_bn(x, filters, kernel, name, strides=1, relu=True):
+    x = keras.layers.Conv2D(filters, kernel, strides=strides, padding="same", use_bias=False,
+                            kernel_initializer="he_normal", name=f"{name}_conv")(x)
+    x = keras.layers.BatchNormalization(epsilon=_BN_EPSILON, name=f"{name}_bn")(x)
+    if relu:
+        x = keras.layers.ReLU(name=f"{name}_relu")(x)
+    return x
+
+
+def _shortcut(x, filters, name):
+    if x.shape[-1] == filters:
+        return x
+    return _conv_bn(x, filters, 1, f"{name}_shortcut", relu=False)
+
+
+def _basic_block(x, filters, name):
+    """Two 3x3 convolutions with a residual connection (ResNet's basic block)."""
+    y = _conv_bn(x, filters, 3, f"{name}_a")
+    y = _conv_bn(y, filters, 3, f"{name}_b", relu=False)
+    y = keras.layers.Add(name=f"{name}_add")([_shortcut(x, filters, name), y])
+    return keras.layers.ReLU(name=f"{name}_out")(y)
+
+
+def _bottleneck(x, filters, name):
+    """1x1 -> 3x3 -> 1x1 (4x filters) with a residual connection (ResNet's bottleneck)."""
+    y = _conv_bn(x, filters, 1, f"{name}_a")
+    y = _conv_bn(y, filters, 3, f"{name}_b")
+    y = _conv_bn(y, 4 * filters, 1, f"{name}_c", relu=False)
+    y = keras.layers.Add(name=f"{name}_add")([_shortcut(x, 4 * filters, name), y])
+    return keras.layers.ReLU(name=f"{name}_out")(y)
+
+
+def _fuse(branches, widths, name):
+    """The exchange unit: every output resolution r sums all input branches s, brought to r.
+
+    Same resolution: copied. Lower resolution (s > r): 1x1 convolution (+BN) to r's channels,
+    then bilinear upsampling by 2**(s - r). Higher resolution (s < r): r - s strided 3x3
+    convolutions (+BN, ReLU between them). The sum goes through a ReLU.
+    """
+    outputs = []
+    for r, width in enumerate(widths):
+        terms = []
+        for s, x in enumerate(branches):
+            path = f"{name}_{s}to{r}"
+            if s == r:
+                terms.append(x)
+            elif s > r:
+                y = _conv_bn(x, width, 1, path, relu=False)
+                terms.append(keras.layers.UpSampling2D(2 ** (s - r), interpolation="bilinear",
+                                                       name=f"{path}_up")(y))
+            else:
+                y = x
+                for k in range(r - s):
+                    last = k == r - s - 1
+                    y = _conv_bn(y, width if last else widths[s], 3, f"{path}_down{k + 1}",
+                                 strides=2, relu=not last)
+                terms.append(y)
+        total = keras.layers.Add(name=f"{name}_sum{r}")(terms) if len(terms) > 1 else terms[0]
+        outputs.append(keras.layers.ReLU(name=f"{name}_out{r}")(total))
+    return outputs
+
+
+def HRNet(input_shape, num_classes, width=18, num_modules=(1, 1, 4, 3), num_blocks=4,
+          stem_filters=64, output_activation="auto", name="hrnet"):
+    """Builds HRNetV2: parallel resolutions kept from start to end, exchanging information.
+
+    A stem of two stride-2 3x3 convolutions brings the image to 1/4 resolution; stage 1 holds
+    `num_blocks` bottleneck blocks. Each later stage adds a branch at half the lowest resolution
+    (a strided 3x3 convolution of the lowest branch), so stage 4 runs four branches at 1/4,
+    1/8, 1/16 and 1/32 with `width * (1, 2, 4, 8)` channels. A stage is `num_modules[t]`
+    modules; a module runs `num_blocks` basic residual blocks on every branch and then fuses
+    them (the seed notes' rule): the same resolution is copied, a lower one goes through a
+    1x1 convolution and bilinear upsampling, a higher one through strided 3x3 convolutions,
+    and the terms are summed. The HRNetV2 head upsamples all four branches to 1/4 resolution
+    (bilinear), concatenates them, mixes them with a 1x1 convolution, classifies with a 1x1
+    convolution and upsamples bilinearly by 4 to the input size. Resizes have static factors,
+    so the model converts to TFLite `RESIZE_BILINEAR` builtins.
+
+    Args:
+        input_shape: `(H, W, C)`; H and W divisible by 32.
+        num_classes: output channels (1 means binary segmentation).
+        width: channels of the highest-resolution branch (HRNetV2-W18: 18, W32, W48).
+        num_modules: modules in stages 1..4 (the paper: `(1, 1, 4, 3)`); stage 1 must be 1.
+        num_blocks: residual blocks per branch in each module (the paper: 4).
+        stem_filters: channels of the stem and of stage 1's bottlenecks (which output 4x).
+        output_activation: `"auto"` (softmax, or sigmoid for one class), `None` for logits, or
+            a Keras activation name; float32 under mixed precision.
+        name: model name.
+
+    Returns:
+        A `keras.Model` from `[B, H, W, C]` to `[B, H, W, num_classes]`.
+
+    Example:
+        >>> model = HRNet((256, 256, 3), num_classes=19, width=18)
+
+    Reference:
+        Sun, Xiao, Liu & Wang, "Deep High-Resolution Representation Learning for Human Pose
+        Estimation", CVPR 2019; Sun et al., "High-Resolution Representations for Labeling
+        Pixels and Regions" (HRNetV2), arXiv:1904.04514.
+    """
+    # === Validate ===
+    for key, value in (("num_classes", num_classes), ("width", width),
+                       ("num_blocks", num_blocks), ("stem_filters", stem_filters)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"`{key}` must be a positive int. Received: {key}={value!r}")
+    modules = tuple(num_modules) if isinstance(num_modules, (list, tuple)) else ()
+    if (len(modules) != 4 or modules[0] != 1
+            or any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in modules)):
+        raise ValueError(
+            "`num_modules` must be 4 positive ints (modules in stages 1..4) with 1 in stage 1. "
+            f"Received: num_modules={num_modules!r}"
+        )
+    if len(input_shape) != 3:
+        raise ValueError(f"`input_shape` must be (H, W, C). Received: input_shape={input_shape!r}")
+    for dim, size in zip(("height", "width"), input_shape[:2]):
+        if size is None or size % 32:
+            raise ValueError(
+                f"The input {dim} must be known and divisible by 32 (the lowest branch runs at "
+                f"1/32). Received: input_shape={tuple(input_shape)}"
+            )
+    if output_activation == "auto":
+        output_activation = "sigmoid" if num_classes == 1 else "softmax"
+    widths = [width * 2**k for k in range(4)]
+
+    # === Functional Model ===
+    inputs = keras.Input(shape=tuple(input_shape), name="image")
+    x = _conv_bn(inputs, stem_filters, 3, "stem1", strides=2)
+    x = _conv_bn(x, stem_filters, 3, "stem2", strides=2)
+    for n in range(num_blocks):
+        x = _bottleneck(x, stem_filters, f"stage1_block{n + 1}")
+    branches = [x]
+    for stage in range(2, 5):
+        count = stage  # branches in this stage
+        # Transition: adapt the existing branches' channels, add one at half the lowest.
+        new = []
+        for b in range(count):
+            if b < len(branches):
+                y = branches[b]
+                if y.shape[-1] != widths[b]:
+                    y = _conv_bn(y, widths[b], 3, f"transition{stage}_{b}")
+            else:
+                y = _conv_bn(branches[-1], widths[b], 3, f"transition{stage}_{b}", strides=2)
+            new.append(y)
+        branches = new
+        for m in range(modules[stage - 1]):
+            prefix = f"stage{stage}_m{m + 1}"
+            branches = [
+                _run_blocks(y, widths[b], num_blocks, f"{prefix}_b{b}")
+                for b, y in enumerate(branches)
+            ]
+            branches = _fuse(branches, widths[:count], f"{prefix}_fuse")
+    # HRNetV2 head: all resolutions upsampled to 1/4 and concatenated.
+    features = [branches[0]] + [
+        keras.layers.UpSampling2D(2**b, interpolation="bilinear", name=f"head_up{b}")(y)
+        for b, y in enumerate(branches) if b
+    ]
+    x = keras.layers.Concatenate(name="head_concat")(features)
+    x = _conv_bn(x, sum(widths), 1, "head_mix")
+    x = keras.layers.Conv2D(num_classes, 1, name="classifier")(x)
+    x = keras.layers.UpSampling2D(4, interpolation="bilinear", name="upsample")(x)
+    x = keras.layers.Activation(output_activation or "linear", dtype="float32",
+                                name="probabilities" if output_activation else "logits")(x)
+    return keras.Model(inputs, x, name=name)
+
+
+def _run_blocks(x, filters, num_blocks, name):
+    for n in range(num_blocks):
+        x = _basic_block(x, filters, f"{name}_block{n + 1}")
+    return x

@@ -1,5 +1,6 @@
 """kcv.layers: Keras layers wrapping kcv ops and the building blocks of kcv models."""
 
+from kcv.layers.aspp import ASPP
 from kcv.layers.attention import CBAM, ChannelAttention, SpatialAttention
 from kcv.layers.conv_blocks import (
     BasicBlock,

@@ -125,14 +125,16 @@ def axis_weights(coord, size):
 
     Args:
         coord: float Tensor of sample coordinates along one axis (any shape).
-        size: Python int, the length of that axis.
+        size: Python int, the length of that axis (or an int Tensor broadcasting with
+            `coord`, e.g. [K, 1] per box).
 
     Returns:
         `(low, high, w_low, w_high)`: int32 corner positions in `[0, size - 1]` and their
         weights (zero for samples outside `[-1, size]`).
     """
-    valid = tf.cast((coord >= -1.0) & (coord <= float(size)), coord.dtype)
-    clamped = tf.clip_by_value(coord, 0.0, float(size - 1))
+    size_f = tf.cast(size, coord.dtype)
+    valid = tf.cast((coord >= -1.0) & (coord <= size_f), coord.dtype)
+    clamped = tf.minimum(tf.maximum(coord, 0.0), size_f - 1.0)
     low_f = tf.floor(clamped)
     low = tf.cast(low_f, tf.int32)
     high = tf.minimum(low + 1, size - 1)
@@ -147,7 +149,7 @@ def corner_indices_and_weights(base, y, x, height, width, y_scale=None, x_scale=
         base: int32 [K], `box_index * H * W`.
         y: float [K, Sy] sample rows; x: float [K, Sx] sample columns (the grid is their
             outer product).
-        height, width: Python ints.
+        height, width: Python ints, or int32 [K, 1] per box (boxes on different maps).
         y_scale, x_scale: optional float [K, Sy] / [K, Sx] factors folded into the weights
             (the averaging and sample masks).
     """

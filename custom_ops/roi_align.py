@@ -1,5 +1,6 @@
 """RoIAlign (Mask R-CNN) as a vectorised TensorFlow op with a hand-written gradient."""
 
+import math
 import numbers
 
 import tensorflow as tf
@@ -57,10 +58,13 @@ def _axis_samples(start, length, bins, grid, adaptive):
     return coords, scale, num
 
 
-def _plan(features, boxes, box_indices, output_size, spatial_scale, sampling_ratio, aligned):
-    """Flat corner indices/weights of every sample, and the sample grid size per bin side."""
-    _, height, width, _ = features.shape
-    dtype = _sampling.compute_dtype(features.dtype)
+def _plan(boxes, base, heights, widths, output_size, spatial_scale, sampling_ratio, aligned,
+          dtype):
+    """Flat corner indices/weights of every sample, and the sample grid size per bin side.
+
+    `base` [K] is the flat offset of each box's image; `heights`, `widths` and `spatial_scale`
+    are Python numbers or per-box tensors [K, 1] / [K] (multi-level pooling).
+    """
     boxes = tf.stop_gradient(tf.cast(boxes, dtype))  # no gradient to boxes (as torchvision)
     offset = 0.5 if aligned else 0.0
     y1 = boxes[:, 0] * spatial_scale - offset
@@ -78,22 +82,63 @@ def _plan(features, boxes, box_indices, output_size, spatial_scale, sampling_rat
         grid_h = grid_w = sampling_ratio
     y, y_scale, gh = _axis_samples(y1, roi_h, out_h, grid_h, adaptive)
     x, x_scale, gw = _axis_samples(x1, roi_w, out_w, grid_w, adaptive)
-    base = box_indices * (height * width)
     indices, weights = _sampling.corner_indices_and_weights(
-        base, y, x, height, width, y_scale, x_scale
+        base, y, x, heights, widths, y_scale, x_scale
     )
     return indices, weights, gh, gw
 
 
-def _forward(features, indices, weights, output_size, gh, gw):
-    _, height, width, channels = features.shape
-    dtype = _sampling.compute_dtype(features.dtype)
-    flat = tf.reshape(tf.cast(features, dtype), [-1, tf.shape(features)[-1]])
-    samples = _sampling.bilinear_gather(flat, indices, weights)  # [K, oh * gh, ow * gw, C]
-    k = tf.shape(indices)[1]
+def _align(levels, boxes, level_of_box, box_indices, output_size, spatial_scales,
+           sampling_ratio, aligned, custom_gradient):
+    """RoIAlign of each box on its level of `levels` (a list of NHWC maps with equal N and C).
+
+    All levels are read as one flat `[sum(N * H_l * W_l), C]` table, so boxes of every level
+    are sampled with a single gather (static shapes, no per-level split of the boxes).
+    """
+    dtype = _sampling.compute_dtype(levels[0].dtype)
+    out_dtype = levels[0].dtype
+    n = tf.shape(levels[0])[0]
+    channels = tf.shape(levels[0])[-1]
+    sizes = [n * f.shape[1] * f.shape[2] for f in levels]
+    if len(levels) == 1:
+        heights, widths = levels[0].shape[1], levels[0].shape[2]
+        scale = spatial_scales[0]
+        base = box_indices * (heights * widths)
+    else:
+        hs = tf.constant([f.shape[1] for f in levels], tf.int32)
+        ws = tf.constant([f.shape[2] for f in levels], tf.int32)
+        starts = tf.concat([[0], tf.math.cumsum(tf.stack(sizes))[:-1]], axis=0)
+        heights = tf.gather(hs, level_of_box)[:, None]
+        widths = tf.gather(ws, level_of_box)[:, None]
+        scale = tf.gather(tf.constant(spatial_scales, dtype), level_of_box)
+        base = tf.gather(starts, level_of_box) + box_indices * heights[:, 0] * widths[:, 0]
+    indices, weights, gh, gw = _plan(boxes, base, heights, widths, output_size, scale,
+                                     sampling_ratio, aligned, dtype)
+    k = tf.shape(boxes)[0]
     out_h, out_w = output_size
-    samples = tf.reshape(samples, [k, out_h, gh, out_w, gw, tf.shape(features)[-1]])
-    return tf.cast(tf.reduce_sum(samples, axis=[2, 4]), features.dtype)
+
+    def forward(*feats):
+        flat = tf.concat([tf.reshape(tf.cast(f, dtype), [-1, channels]) for f in feats], 0)
+        samples = _sampling.bilinear_gather(flat, indices, weights)  # [K, oh*gh, ow*gw, C]
+        samples = tf.reshape(samples, [k, out_h, gh, out_w, gw, channels])
+        return tf.cast(tf.reduce_sum(samples, axis=[2, 4]), out_dtype)
+
+    if not custom_gradient:
+        return forward(*levels)
+
+    @tf.custom_gradient
+    def _op(*feats):
+        def grad(dy):
+            dy = tf.cast(dy, dtype)[:, :, None, :, None, :]
+            dy = tf.broadcast_to(dy, [k, out_h, gh, out_w, gw, channels])
+            dy = tf.reshape(dy, [k, out_h * gh, out_w * gw, channels])
+            d_flat = _sampling.bilinear_scatter(dy, indices, weights, tf.add_n(sizes))
+            parts = tf.split(d_flat, tf.stack(sizes), axis=0) if len(feats) > 1 else [d_flat]
+            return [tf.cast(tf.reshape(d, tf.shape(f)), f.dtype) for d, f in zip(parts, feats)]
+
+        return forward(*feats), grad
+
+    return _op(*levels)
 
 
 def _prepare(features, boxes, box_indices, output_size, spatial_scale, sampling_ratio):
@@ -168,28 +213,8 @@ def roi_align(features, boxes, box_indices, output_size, spatial_scale=1.0, samp
         features, boxes, box_indices, output_size, spatial_scale, sampling_ratio = _prepare(
             features, boxes, box_indices, output_size, spatial_scale, sampling_ratio
         )
-        shape = tf.shape(features)
-        num_pixels = shape[0] * shape[1] * shape[2]
-
-        @tf.custom_gradient
-        def _op(feats):
-            indices, weights, gh, gw = _plan(
-                feats, boxes, box_indices, output_size, spatial_scale, sampling_ratio, aligned
-            )
-            out = _forward(feats, indices, weights, output_size, gh, gw)
-
-            def grad(dy):
-                dtype = weights.dtype
-                k, out_h, out_w, c = tf.unstack(tf.shape(dy))
-                dy = tf.cast(dy, dtype)[:, :, None, :, None, :]
-                dy = tf.broadcast_to(dy, [k, out_h, gh, out_w, gw, c])
-                dy = tf.reshape(dy, [k, out_h * gh, out_w * gw, c])
-                d_feats = _sampling.bilinear_scatter(dy, indices, weights, num_pixels)
-                return tf.cast(tf.reshape(d_feats, shape), feats.dtype)
-
-            return out, grad
-
-        return _op(features)
+        return _align([features], boxes, None, box_indices, output_size, [spatial_scale],
+                      sampling_ratio, aligned, custom_gradient=True)
 
 
 def _roi_align_reference(features, boxes, box_indices, output_size, spatial_scale=1.0,
@@ -199,7 +224,89 @@ def _roi_align_reference(features, boxes, box_indices, output_size, spatial_scal
         features, boxes, box_indices, output_size, spatial_scale, sampling_ratio = _prepare(
             features, boxes, box_indices, output_size, spatial_scale, sampling_ratio
         )
-        indices, weights, gh, gw = _plan(
-            features, boxes, box_indices, output_size, spatial_scale, sampling_ratio, aligned
+        return _align([features], boxes, None, box_indices, output_size, [spatial_scale],
+                      sampling_ratio, aligned, custom_gradient=False)
+
+
+def fpn_levels(boxes, min_level, max_level, canonical_size=224.0, canonical_level=4):
+    """FPN level of each box: `floor(canonical_level + log2(sqrt(h * w) / canonical_size))`.
+
+    Clipped to `[min_level, max_level]`; `h * w` is the box area in image pixels (negative areas
+    of inverted boxes count as 0, hence the lowest level). Like torchvision's `LevelMapper`, a
+    `1e-6` is added inside the `floor` against round-off at exact powers of two.
+
+    Returns:
+        int32 Tensor [K] of levels in `[min_level, max_level]`.
+
+    Reference:
+        Lin et al., "Feature Pyramid Networks for Object Detection", CVPR 2017, eq. (1).
+    """
+    boxes = tf.cast(boxes, tf.float32)
+    area = tf.maximum((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]), 0.0)
+    k = tf.floor(canonical_level + tf.math.log(tf.sqrt(area) / canonical_size) / tf.math.log(2.0)
+                 + 1e-6)
+    k = tf.clip_by_value(k, float(min_level), float(max_level))  # -inf (area 0) -> min_level
+    return tf.cast(k, tf.int32)
+
+
+def multiscale_roi_align(features, boxes, box_indices, output_size, spatial_scales,
+                         sampling_ratio=2, aligned=True, canonical_size=224.0,
+                         canonical_level=4):
+    """RoIAlign of each box on its FPN level (`fpn_levels`), results in box order.
+
+    Args:
+        features: list of float Tensors [N, H_l, W_l, C], finest first (e.g. P2..P5).
+        boxes, box_indices, output_size, sampling_ratio, aligned: as `roi_align`.
+        spatial_scales: one per level, powers of two with consecutive exponents, finest first
+            (e.g. `[1/4, 1/8, 1/16, 1/32]` is levels 2..5).
+        canonical_size, canonical_level: a box of `canonical_size` pixels maps to
+            `canonical_level` (224 and 4 in the FPN paper).
+
+    Returns:
+        Tensor [K, output_height, output_width, C]; the gradient flows to every level.
+
+    Example:
+        >>> maps = [tf.random.normal([1, 64 // s, 64 // s, 8]) for s in (4, 8, 16, 32)]
+        >>> multiscale_roi_align(maps, [[0.0, 0.0, 32.0, 48.0]], [0], 7,
+        ...                      [1 / 4, 1 / 8, 1 / 16, 1 / 32]).shape
+        TensorShape([1, 7, 7, 8])
+
+    Reference:
+        Lin et al., "Feature Pyramid Networks for Object Detection", CVPR 2017.
+    """
+    if not isinstance(features, (list, tuple)) or not features:
+        raise ValueError(
+            f"`features` must be a non-empty list of NHWC maps. Received: {type(features)}"
         )
-        return _forward(features, indices, weights, output_size, gh, gw)
+    scales = list(spatial_scales) if isinstance(spatial_scales, (list, tuple)) else None
+    if scales is None or len(scales) != len(features):
+        raise ValueError(
+            "`spatial_scales` must be a list with one scale per feature map. "
+            f"Received: spatial_scales={spatial_scales!r} for {len(features)} maps"
+        )
+    scales = [_sampling.check_spatial_scale(s) for s in scales]
+    levels = [-math.log2(s) for s in scales]
+    if any(abs(lv - round(lv)) > 1e-6 for lv in levels) or any(
+        round(b) - round(a) != 1 for a, b in zip(levels, levels[1:])
+    ):
+        raise ValueError(
+            "`spatial_scales` must be powers of two, finest first, one level apart "
+            f"(e.g. [0.25, 0.125]). Received: spatial_scales={spatial_scales!r}"
+        )
+    with tf.name_scope("multiscale_roi_align"):
+        maps = []
+        for f in features:
+            f, boxes, box_indices, output_size, _, sampling_ratio = _prepare(
+                f, boxes, box_indices, output_size, 1.0, sampling_ratio
+            )
+            maps.append(f)
+        if len({f.dtype for f in maps}) > 1 or len({f.shape[-1] for f in maps}) > 1:
+            raise ValueError(
+                "`features` must share dtype and channel count. Received: "
+                f"{[(f.dtype.name, tuple(f.shape)) for f in maps]}"
+            )
+        min_level = round(levels[0])
+        level = fpn_levels(boxes, min_level, round(levels[-1]), canonical_size,
+                           canonical_level) - min_level
+        return _align(maps, boxes, level, box_indices, output_size, scales, sampling_ratio,
+                      aligned, custom_gradient=True)

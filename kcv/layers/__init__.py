@@ -12,3 +12,4 @@ from kcv.layers.conv_blocks import (
     PreActBottleneck,
 )
 from kcv.layers.normalization import normalization
+from kcv.layers.roi import MultiScaleRoIAlign, RoIAlign, RoIPool

@@ -11,5 +11,6 @@ from kcv.layers.conv_blocks import (
     PreActBasicBlock,
     PreActBottleneck,
 )
+from kcv.layers.deformable import DeformableConv2D
 from kcv.layers.normalization import normalization
 from kcv.layers.roi import MultiScaleRoIAlign, RoIAlign, RoIPool

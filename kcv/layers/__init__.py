@@ -12,5 +12,7 @@ from kcv.layers.conv_blocks import (
     PreActBottleneck,
 )
 from kcv.layers.deformable import DeformableConv2D
+from kcv.layers.dilated import HybridDilatedConv
 from kcv.layers.normalization import normalization
 from kcv.layers.roi import MultiScaleRoIAlign, RoIAlign, RoIPool
+from kcv.layers.upsampling import DenseUpsampling

@@ -169,25 +169,24 @@ def corner_indices_and_weights(base, y, x, height, width, y_scale=None, x_scale=
 
 
 def bilinear_gather(flat_features, indices, weights):
-    """Sum over the 4 corners of `weights * flat_features[indices]`.
+    """Weighted sums `sum_s weights[..., s] * flat_features[indices[..., s]]`.
+
+    One gather and one batched matmul (no per-corner passes over the samples).
 
     Args:
-        flat_features: [N * H * W, C].
-        indices, weights: [4, ...] from `corner_indices_and_weights`.
+        flat_features: [P, C].
+        indices, weights: [B, S] (S taps per output: corners x samples).
 
     Returns:
-        [..., C] interpolated values.
+        [B, C].
     """
-    out = None
-    for corner in range(4):  # the four bilinear corners, not a loop over data
-        term = tf.gather(flat_features, indices[corner]) * weights[corner][..., None]
-        out = term if out is None else out + term
-    return out
+    taps = tf.gather(flat_features, indices)  # [B, S, C]
+    return tf.linalg.matmul(weights[:, None, :], taps)[:, 0, :]
 
 
 def bilinear_scatter(grads, indices, weights, num_pixels):
-    """The transpose of `bilinear_gather`: scatters `grads` [..., C] to `[num_pixels, C]`."""
+    """The transpose of `bilinear_gather`: scatters `grads` [B, C] to `[num_pixels, C]`."""
+    updates = weights[:, :, None] * grads[:, None, :]  # [B, S, C]
     channels = tf.shape(grads)[-1]
-    flat_idx = tf.reshape(indices, [-1])
-    updates = tf.reshape(grads[None] * weights[..., None], [-1, channels])
-    return tf.math.unsorted_segment_sum(updates, flat_idx, num_pixels)
+    return tf.math.unsorted_segment_sum(tf.reshape(updates, [-1, channels]),
+                                        tf.reshape(indices, [-1]), num_pixels)

@@ -117,11 +117,16 @@ def _align(levels, boxes, level_of_box, box_indices, output_size, spatial_scales
     k = tf.shape(boxes)[0]
     out_h, out_w = output_size
 
+    def per_bin(t):  # [4, K, oh * gh, ow * gw] -> [K * oh * ow, 4 * gh * gw]: taps of each bin
+        t = tf.reshape(t, [4, k, out_h, gh, out_w, gw])
+        return tf.reshape(tf.transpose(t, [1, 2, 4, 0, 3, 5]), [k * out_h * out_w, 4 * gh * gw])
+
+    indices, weights = per_bin(indices), per_bin(weights)
+
     def forward(*feats):
         flat = tf.concat([tf.reshape(tf.cast(f, dtype), [-1, channels]) for f in feats], 0)
-        samples = _sampling.bilinear_gather(flat, indices, weights)  # [K, oh*gh, ow*gw, C]
-        samples = tf.reshape(samples, [k, out_h, gh, out_w, gw, channels])
-        return tf.cast(tf.reduce_sum(samples, axis=[2, 4]), out_dtype)
+        out = _sampling.bilinear_gather(flat, indices, weights)  # [K * oh * ow, C]
+        return tf.cast(tf.reshape(out, [k, out_h, out_w, channels]), out_dtype)
 
     if not custom_gradient:
         return forward(*levels)
@@ -129,9 +134,7 @@ def _align(levels, boxes, level_of_box, box_indices, output_size, spatial_scales
     @tf.custom_gradient
     def _op(*feats):
         def grad(dy):
-            dy = tf.cast(dy, dtype)[:, :, None, :, None, :]
-            dy = tf.broadcast_to(dy, [k, out_h, gh, out_w, gw, channels])
-            dy = tf.reshape(dy, [k, out_h * gh, out_w * gw, channels])
+            dy = tf.reshape(tf.cast(dy, dtype), [-1, channels])
             d_flat = _sampling.bilinear_scatter(dy, indices, weights, tf.add_n(sizes))
             parts = tf.split(d_flat, tf.stack(sizes), axis=0) if len(feats) > 1 else [d_flat]
             return [tf.cast(tf.reshape(d, tf.shape(f)), f.dtype) for d, f in zip(parts, feats)]

@@ -324,7 +324,7 @@ def _columns(geo, neighbourhoods, rows, weights, mask_rows):
     """Sampled columns `[M, K * C]`, and the gathered corners `[R, 4, Cg]`."""
     corners = tf.gather(neighbourhoods, rows)
     w = weights if mask_rows is None else weights * mask_rows
-    cols = tf.reduce_sum(corners * w[:, :, None], axis=1)  # [R, Cg]
+    cols = tf.matmul(w[:, None, :], corners)  # [R, 1, Cg]: batched matmul beats mul + sum
     return tf.reshape(cols, [-1, geo.taps * geo.channels]), corners
 
 
@@ -366,7 +366,7 @@ def _backward(geo, x, offsets, kernel, mask, upstream, dtype):
     cg = geo.channels // geo.offset_groups
     grad_cols = tf.reshape(grad_cols, [-1, cg])  # [R, Cg], upstream of the masked sample
     # d(sample) / d(corner) contracted with the upstream: [R, 4].
-    grad_corner_w = tf.reduce_sum(corners * grad_cols[:, None, :], axis=2)
+    grad_corner_w = tf.einsum("rkc,rc->rk", corners, grad_cols)
     if mask_rows is not None:
         grad_mask = tf.reduce_sum(grad_corner_w * weights, axis=1)
         grad_mask = tf.reshape(grad_mask, [-1, geo.taps, geo.offset_groups])
@@ -382,7 +382,7 @@ def _backward(geo, x, offsets, kernel, mask, upstream, dtype):
     grad_offsets = tf.reshape(tf.transpose(grad_offsets, [0, 2, 1, 3]), tf.shape(offsets))
     # Inputs: scatter each sample's upstream into its four corners (adjoint of the gather).
     grad_nb = tf.math.unsorted_segment_sum(
-        weights[:, :, None] * grad_cols[:, None, :], rows,
+        tf.matmul(weights[:, :, None], grad_cols[:, None, :]), rows,
         num_segments=tf.shape(neighbourhoods)[0])
     grad_x_in = _fold_neighbourhoods(geo, grad_nb, batch, height, width)
     return grad_x_in, grad_offsets, grad_kernel, grad_mask

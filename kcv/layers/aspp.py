@@ -7,9 +7,10 @@ from kcv.layers.conv_blocks import (
     ConvBNAct,
     _base_block_config,
     _channels,
-    _check_activation,
-    _check_norm,
     _check_positive_int,
+    _check_rates,
+    _set_block_args,
+    _unit_kwargs,
 )
 
 
@@ -59,31 +60,20 @@ class ASPP(keras.layers.Layer):
                  activation="relu", dropout=0.0, kernel_initializer="he_normal", **kwargs):
         super().__init__(**kwargs)
         _check_positive_int("filters", filters)
-        if (not isinstance(rates, (list, tuple)) or not rates
-                or any(isinstance(r, bool) or not isinstance(r, int) or r < 1 for r in rates)):
-            raise ValueError(f"`rates` must be a non-empty sequence of positive integers. "
-                             f"Received: rates={rates!r}")
-        _check_norm(norm, norm_groups)
-        _check_activation(activation)
+        _check_rates(rates)
+        _set_block_args(self, norm, norm_groups, activation, kernel_initializer)
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"`dropout` must be in [0, 1). Received: dropout={dropout!r}")
         self.filters = filters
         self.rates = rates
-        self.norm = norm
-        self.norm_groups = norm_groups
-        self.activation = activation
         self.dropout = dropout
-        self.kernel_initializer = kernel_initializer
 
     def build(self, input_shape):
         _channels(input_shape, "ASPP")
 
         def unit(kernel_size, name, dilation_rate=1):
             return ConvBNAct(self.filters, kernel_size=kernel_size, dilation_rate=dilation_rate,
-                             norm=self.norm, norm_groups=self.norm_groups,
-                             activation=self.activation,
-                             kernel_initializer=self.kernel_initializer, name=name,
-                             dtype=self.dtype_policy)
+                             **_unit_kwargs(self, name=name))
 
         self.conv1x1 = unit(1, "conv1x1")
         self.atrous = [unit(3, f"atrous_{i}", dilation_rate=r) for i, r in enumerate(self.rates)]

@@ -38,6 +38,30 @@ def _check_activation(activation):
         ) from e
 
 
+def _check_rates(rates):
+    if (not isinstance(rates, (list, tuple)) or not rates
+            or any(isinstance(r, bool) or not isinstance(r, int) or r < 1 for r in rates)):
+        raise ValueError(f"`rates` must be a non-empty sequence of positive integers. "
+                         f"Received: rates={rates!r}")
+
+
+def _set_block_args(layer, norm, norm_groups, activation, kernel_initializer):
+    """Validates and stores the arguments every kcv block shares."""
+    _check_norm(norm, norm_groups)
+    _check_activation(activation)
+    layer.norm = norm
+    layer.norm_groups = norm_groups
+    layer.activation = activation
+    layer.kernel_initializer = kernel_initializer
+
+
+def _unit_kwargs(layer, **overrides):
+    """Keyword arguments for a ConvBNAct sublayer that inherits `layer`'s shared settings."""
+    return {"norm": layer.norm, "norm_groups": layer.norm_groups, "activation": layer.activation,
+            "kernel_initializer": layer.kernel_initializer, "dtype": layer.dtype_policy,
+            **overrides}
+
+
 def _serialize_activation(activation):
     if activation is None or isinstance(activation, (str, dict)):
         return activation
@@ -144,8 +168,7 @@ class ConvBNAct(keras.layers.Layer):
         if padding not in ("same", "valid"):
             raise ValueError(f"`padding` must be 'same' or 'valid'. Received: padding={padding!r}")
         _check_positive_int("groups", groups)
-        _check_norm(norm, norm_groups)
-        _check_activation(activation)
+        _set_block_args(self, norm, norm_groups, activation, kernel_initializer)
         self.filters = filters
         self.kernel_size = kernel_size
         self.strides = strides
@@ -155,10 +178,6 @@ class ConvBNAct(keras.layers.Layer):
         self.depthwise = depthwise
         self.depth_multiplier = depth_multiplier
         self.use_bias = use_bias
-        self.norm = norm
-        self.norm_groups = norm_groups
-        self.activation = activation
-        self.kernel_initializer = kernel_initializer
 
     def build(self, input_shape):
         channels = _channels(input_shape, "ConvBNAct")
@@ -249,28 +268,21 @@ class DepthwiseSeparableConv(keras.layers.Layer):
         super().__init__(**kwargs)
         _check_positive_int("filters", filters)
         _check_positive_int("depth_multiplier", depth_multiplier)
-        _check_norm(norm, norm_groups)
-        _check_activation(activation)
+        _set_block_args(self, norm, norm_groups, activation, kernel_initializer)
         self.filters = filters
         self.kernel_size = kernel_size
         self.strides = strides
         self.dilation_rate = dilation_rate
         self.depth_multiplier = depth_multiplier
-        self.norm = norm
-        self.norm_groups = norm_groups
-        self.activation = activation
-        self.kernel_initializer = kernel_initializer
 
     def build(self, input_shape):
         _channels(input_shape, "DepthwiseSeparableConv")
-        common = {"norm": self.norm, "norm_groups": self.norm_groups,
-                  "activation": self.activation, "kernel_initializer": self.kernel_initializer,
-                  "dtype": self.dtype_policy}
         self.depthwise = ConvBNAct(
             kernel_size=self.kernel_size, strides=self.strides,
             dilation_rate=self.dilation_rate, depthwise=True,
-            depth_multiplier=self.depth_multiplier, name="depthwise", **common)
-        self.pointwise = ConvBNAct(self.filters, kernel_size=1, name="pointwise", **common)
+            depth_multiplier=self.depth_multiplier, **_unit_kwargs(self, name="depthwise"))
+        self.pointwise = ConvBNAct(self.filters, kernel_size=1,
+                                   **_unit_kwargs(self, name="pointwise"))
         _build_chain([self.depthwise, self.pointwise], input_shape)
 
     def call(self, inputs, training=None):
@@ -336,31 +348,24 @@ class InvertedResidual(keras.layers.Layer):
         super().__init__(**kwargs)
         _check_positive_int("filters", filters)
         _check_positive_int("expansion", expansion)
-        _check_norm(norm, norm_groups)
-        _check_activation(activation)
+        _set_block_args(self, norm, norm_groups, activation, kernel_initializer)
         self.filters = filters
         self.expansion = expansion
         self.strides = strides
         self.kernel_size = kernel_size
         self.dilation_rate = dilation_rate
-        self.norm = norm
-        self.norm_groups = norm_groups
-        self.activation = activation
-        self.kernel_initializer = kernel_initializer
 
     def build(self, input_shape):
         channels = _channels(input_shape, "InvertedResidual")
-        common = {"norm": self.norm, "norm_groups": self.norm_groups,
-                  "kernel_initializer": self.kernel_initializer, "dtype": self.dtype_policy}
         self.expand = (None if self.expansion == 1 else
                        ConvBNAct(channels * self.expansion, kernel_size=1,
-                                 activation=self.activation, name="expand", **common))
+                                 **_unit_kwargs(self, name="expand")))
         self.depthwise = ConvBNAct(
             kernel_size=self.kernel_size, strides=self.strides,
-            dilation_rate=self.dilation_rate, depthwise=True, activation=self.activation,
-            name="depthwise", **common)
-        self.project = ConvBNAct(self.filters, kernel_size=1, activation=None, name="project",
-                                 **common)
+            dilation_rate=self.dilation_rate, depthwise=True,
+            **_unit_kwargs(self, name="depthwise"))
+        self.project = ConvBNAct(self.filters, kernel_size=1,
+                                 **_unit_kwargs(self, name="project", activation=None))
         strides = self.strides if isinstance(self.strides, int) else tuple(self.strides)
         self.use_residual = strides in (1, (1, 1)) and channels == self.filters
         self.add = keras.layers.Add(name="add", dtype=self.dtype_policy) if self.use_residual \
@@ -406,15 +411,10 @@ class _ResidualBlock(keras.layers.Layer):
                  activation="relu", kernel_initializer="he_normal", **kwargs):
         super().__init__(**kwargs)
         _check_positive_int("filters", filters)
-        _check_norm(norm, norm_groups)
-        _check_activation(activation)
+        _set_block_args(self, norm, norm_groups, activation, kernel_initializer)
         self.filters = filters
         self.strides = strides
         self.dilation_rate = dilation_rate
-        self.norm = norm
-        self.norm_groups = norm_groups
-        self.activation = activation
-        self.kernel_initializer = kernel_initializer
 
     @property
     def output_channels(self):
@@ -423,11 +423,13 @@ class _ResidualBlock(keras.layers.Layer):
     def _conv(self, filters, kernel_size, name, strides=1, dilation_rate=1, activation="default",
               norm="default"):
         """A ConvBNAct with this block's settings."""
-        return ConvBNAct(
-            filters, kernel_size=kernel_size, strides=strides, dilation_rate=dilation_rate,
-            norm=self.norm if norm == "default" else norm, norm_groups=self.norm_groups,
-            activation=self.activation if activation == "default" else activation,
-            kernel_initializer=self.kernel_initializer, name=name, dtype=self.dtype_policy)
+        overrides = {"name": name}
+        if norm != "default":
+            overrides["norm"] = norm
+        if activation != "default":
+            overrides["activation"] = activation
+        return ConvBNAct(filters, kernel_size=kernel_size, strides=strides,
+                         dilation_rate=dilation_rate, **_unit_kwargs(self, **overrides))
 
     def build(self, input_shape):
         channels = _channels(input_shape, self.__class__.__name__)

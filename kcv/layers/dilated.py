@@ -8,9 +8,10 @@ from kcv.layers.conv_blocks import (
     ConvBNAct,
     _base_block_config,
     _channels,
-    _check_activation,
-    _check_norm,
     _check_positive_int,
+    _check_rates,
+    _set_block_args,
+    _unit_kwargs,
 )
 
 
@@ -69,10 +70,7 @@ class HybridDilatedConv(keras.layers.Layer):
         _check_positive_int("kernel_size", kernel_size)
         if kernel_size % 2 == 0:
             raise ValueError(f"`kernel_size` must be odd. Received: kernel_size={kernel_size}")
-        if (not isinstance(rates, (list, tuple)) or not rates
-                or any(isinstance(r, bool) or not isinstance(r, int) or r < 1 for r in rates)):
-            raise ValueError(f"`rates` must be a non-empty sequence of positive integers. "
-                             f"Received: rates={rates!r}")
+        _check_rates(rates)
         common = math.gcd(*rates)
         if common > 1:
             raise ValueError(
@@ -85,26 +83,19 @@ class HybridDilatedConv(keras.layers.Layer):
             raise ValueError(
                 f"`rates` leave holes in the receptive field (gridding): no path through the "
                 f"stack reads offsets {holes[:6]} along each axis with kernel_size="
-                f"{kernel_size}, so neighbouring outputs still miss the same input pixels. Keep each "
-                f"rate within the span the other rates cover, e.g. (1, 2, 5). "
+                f"{kernel_size}, so neighbouring outputs still miss the same input pixels. "
+                f"Keep each rate within the span the other rates cover, e.g. (1, 2, 5). "
                 f"Received: rates={rates!r}")
-        _check_norm(norm, norm_groups)
-        _check_activation(activation)
+        _set_block_args(self, norm, norm_groups, activation, kernel_initializer)
         self.filters = filters
         self.rates = rates
         self.kernel_size = kernel_size
-        self.norm = norm
-        self.norm_groups = norm_groups
-        self.activation = activation
-        self.kernel_initializer = kernel_initializer
 
     def build(self, input_shape):
         _channels(input_shape, "HybridDilatedConv")
         self.convs = [
             ConvBNAct(self.filters, kernel_size=self.kernel_size, dilation_rate=r,
-                      norm=self.norm, norm_groups=self.norm_groups, activation=self.activation,
-                      kernel_initializer=self.kernel_initializer, name=f"conv_{i}",
-                      dtype=self.dtype_policy)
+                      **_unit_kwargs(self, name=f"conv_{i}"))
             for i, r in enumerate(self.rates)]
         shape = tuple(input_shape)
         for conv in self.convs:

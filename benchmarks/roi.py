@@ -91,6 +91,7 @@ _MEMORY_CHILD = """
 import os, resource, sys
 sys.path.insert(0, {root!r}); sys.path.insert(0, {bench!r})
 import roi
+from custom_ops.roi_align import _roi_align_reference
 args = roi.make_inputs({k})
 fn = roi.ours_fn({op})
 out, grad = fn(*args); grad.numpy()
@@ -100,7 +101,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0)
 
 def peak_memory_mb(op_name, k):
     """Peak RSS (MB) of a fresh process that runs one fwd+bwd step (ru_maxrss, Linux KiB)."""
-    op = "roi.custom_ops.roi_align" if op_name == "custom" else "roi._roi_align_reference"
+    op = "roi.custom_ops.roi_align" if op_name == "custom" else "_roi_align_reference"
     here = os.path.dirname(os.path.abspath(__file__))
     code = _MEMORY_CHILD.format(root=os.path.dirname(here), bench=here, k=k, op=op)
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")

@@ -495,7 +495,10 @@ def _deform_conv2d(geo, inputs, offsets, kernel, bias, mask):
 
     @tf.custom_gradient
     def op(*values):
-        x, off, k, b, m = (None if t is None else tf.cast(t, dtype) for t in unpack(values))
+        # stop_gradient: an eager tape would otherwise also record the ops inside and keep
+        # their inputs (the big columns) alive until the tape is released.
+        x, off, k, b, m = (None if t is None else tf.stop_gradient(tf.cast(t, dtype))
+                           for t in unpack(values))
         out = _forward(geo, x, off, k, b, m, dtype)
 
         def grad(upstream):

@@ -7,7 +7,9 @@ read as zero), its `get_coordinate_weight` (offset gradient) and its col2im (inp
 with plain loops. The tests move the arrays between that layout and kcv's NHWC/HWIO one.
 """
 
+import gc
 import itertools
+import weakref
 
 import keras
 import numpy as np
@@ -335,6 +337,39 @@ def test_float16_inputs_return_float16():
     # Inputs were rounded to float16 before the float32 computation: compare relative to scale.
     np.testing.assert_allclose(got.numpy().astype(np.float32), expected,
                                atol=2e-2 * np.abs(expected).max(), rtol=0)
+
+
+def test_columns_are_not_kept_alive_between_forward_and_backward(monkeypatch):
+    """Under a live GradientTape the forward pass's sampled columns and gathered corners are
+    freed as soon as the op returns; the backward pass computes its own (a second call)."""
+    from custom_ops import deform_conv as module
+
+    produced = []
+    original = module._columns
+
+    def spy(*args, **kwargs):
+        cols, corners = original(*args, **kwargs)
+        produced.append((weakref.ref(cols), weakref.ref(corners)))
+        return cols, corners
+
+    monkeypatch.setattr(module, "_columns", spy)
+    rng = np.random.default_rng(13)
+    x, offsets, kernel, bias, mask = (
+        tf.constant(a) for a in _case(rng, stride=1, dil=1, offset_groups=1, groups=1,
+                                      modulated=True))
+    with tf.GradientTape() as tape:
+        tape.watch([x, offsets, mask])
+        out = deform_conv2d(x, offsets, kernel, bias, mask, padding=1)
+    gc.collect()
+    assert len(produced) == 1
+    assert all(ref() is None for ref in produced[0]), "forward columns kept alive by the tape"
+    grads = tape.gradient(out, [x, offsets, mask])
+    assert len(produced) == 2  # recomputed in the backward pass
+    with tf.GradientTape() as tape:
+        tape.watch([x, offsets, mask])
+        ref_out = _deform_conv2d_reference(x, offsets, kernel, bias, mask, padding=1)
+    for g, e in zip(grads, tape.gradient(ref_out, [x, offsets, mask])):
+        np.testing.assert_allclose(g.numpy(), e.numpy(), atol=1e-8)
 
 
 class _DeformOp(keras.layers.Layer):

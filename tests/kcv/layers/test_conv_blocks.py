@@ -228,3 +228,42 @@ def test_build_errors():
         BasicBlock(4).build((2, 9, 4))
     with pytest.raises(ValueError, match=r"`groups` must divide the number of channels"):
         BasicBlock(6, norm="group", norm_groups=4)(_x())
+
+
+# --- the same blocks written with plain Keras layers (keras.applications style) ---------------
+
+def _plain_inverted_residual(x, filters, expansion, strides):
+    c, inp = x.shape[-1], x
+    if expansion > 1:
+        x = keras.layers.Conv2D(c * expansion, 1, use_bias=False)(x)
+        x = keras.layers.ReLU(6.0)(keras.layers.BatchNormalization(epsilon=1e-3)(x))
+    x = keras.layers.DepthwiseConv2D(3, strides=strides, padding="same", use_bias=False)(x)
+    x = keras.layers.ReLU(6.0)(keras.layers.BatchNormalization(epsilon=1e-3)(x))
+    x = keras.layers.Conv2D(filters, 1, use_bias=False)(x)
+    x = keras.layers.BatchNormalization(epsilon=1e-3)(x)
+    return keras.layers.Add()([inp, x]) if strides == 1 and c == filters else x
+
+
+def _plain_separable(x, filters, expansion, strides):
+    x = keras.layers.DepthwiseConv2D(3, strides=strides, padding="same", use_bias=False)(x)
+    x = keras.layers.ReLU(6.0)(keras.layers.BatchNormalization(epsilon=1e-3)(x))
+    x = keras.layers.Conv2D(filters, 1, use_bias=False)(x)
+    return keras.layers.ReLU(6.0)(keras.layers.BatchNormalization(epsilon=1e-3)(x))
+
+
+@pytest.mark.parametrize("ours, plain, filters, expansion, strides", [
+    (lambda f, t, s: InvertedResidual(f, expansion=t, strides=s), _plain_inverted_residual,
+     4, 6, 1),
+    (lambda f, t, s: InvertedResidual(f, expansion=t, strides=s), _plain_inverted_residual,
+     8, 1, 2),
+    (lambda f, t, s: DepthwiseSeparableConv(f, strides=s), _plain_separable, 8, 1, 2),
+])
+def test_mobilenet_blocks_equal_plain_keras_layers(ours, plain, filters, expansion, strides):
+    x = _x((2, 8, 8, 4))
+    inputs = keras.Input((8, 8, 4))
+    layer = ours(filters, expansion, strides)
+    model = keras.Model(inputs, layer(inputs))
+    randomize_batch_norms(layer, np.random.default_rng(5))
+    reference = keras.Model(inputs, plain(inputs, filters, expansion, strides))
+    reference.set_weights(model.get_weights())  # same weights, same order
+    np.testing.assert_allclose(np.asarray(model(x)), np.asarray(reference(x)), atol=1e-5)

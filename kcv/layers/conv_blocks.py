@@ -81,6 +81,11 @@ def _channels(input_shape, layer_name):
 
 
 def _norm_layer(layer, norm, channels, name):
+    if norm == "group" and channels % layer.norm_groups:
+        raise ValueError(
+            f"`norm_groups` must divide the channels of every normalized layer of "
+            f"{layer.__class__.__name__} ({name}). Received: norm_groups={layer.norm_groups}, "
+            f"channels={channels}")
     return normalization(norm, groups=layer.norm_groups, channels=channels, name=name,
                          dtype=layer.dtype_policy)
 

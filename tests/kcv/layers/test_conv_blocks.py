@@ -226,7 +226,7 @@ def test_build_errors():
         ConvBNAct(6, groups=3)(_x())
     with pytest.raises(ValueError, match=r"expects NHWC inputs of rank 4"):
         BasicBlock(4).build((2, 9, 4))
-    with pytest.raises(ValueError, match=r"`groups` must divide the number of channels"):
+    with pytest.raises(ValueError, match=r"`norm_groups` must divide .*norm_groups=4, channels=6"):
         BasicBlock(6, norm="group", norm_groups=4)(_x())
 
 

@@ -267,3 +267,25 @@ def test_mobilenet_blocks_equal_plain_keras_layers(ours, plain, filters, expansi
     reference = keras.Model(inputs, plain(inputs, filters, expansion, strides))
     reference.set_weights(model.get_weights())  # same weights, same order
     np.testing.assert_allclose(np.asarray(model(x)), np.asarray(reference(x)), atol=1e-5)
+
+
+@pytest.mark.parametrize("prefix, previous, filters, expansion, strides", [
+    ("expanded_conv", "Conv1_relu", 16, 1, 1),  # expansion 1: no expand conv, no residual
+    ("block_1", "expanded_conv_project_BN", 24, 6, 2),  # stride 2 (ZeroPadding2D + valid)
+    ("block_2", "block_1_project_BN", 24, 6, 1),  # residual
+])
+def test_inverted_residual_equals_keras_applications_mobilenet_v2_block(
+        prefix, previous, filters, expansion, strides):
+    app = keras.applications.MobileNetV2(input_shape=(32, 32, 3), weights=None,
+                                         include_top=False)
+    randomize_batch_norms(app, np.random.default_rng(7))
+    last = app.get_layer(f"{prefix}_add" if prefix == "block_2" else f"{prefix}_project_BN")
+    probe = keras.Model(app.input, [app.get_layer(previous).output, last.output])
+    block_in, block_out = probe(_x((2, 32, 32, 3)) * 10)
+    layer = InvertedResidual(filters, expansion=expansion, strides=strides)
+    layer.build(block_in.shape)
+    names = ([f"{prefix}_expand", f"{prefix}_expand_BN"] if expansion > 1 else []) + [
+        f"{prefix}_depthwise", f"{prefix}_depthwise_BN", f"{prefix}_project",
+        f"{prefix}_project_BN"]
+    layer.set_weights([w for n in names for w in app.get_layer(n).get_weights()])
+    np.testing.assert_allclose(np.asarray(layer(block_in)), np.asarray(block_out), atol=1e-4)

@@ -289,3 +289,19 @@ def test_inverted_residual_equals_keras_applications_mobilenet_v2_block(
         f"{prefix}_project_BN"]
     layer.set_weights([w for n in names for w in app.get_layer(n).get_weights()])
     np.testing.assert_allclose(np.asarray(layer(block_in)), np.asarray(block_out), atol=1e-4)
+
+
+@pytest.mark.parametrize("block, previous, filters, strides", [
+    (1, "conv1_relu", 64, 1), (2, "conv_pw_1_relu", 128, 2)])
+def test_depthwise_separable_equals_keras_applications_mobilenet_block(
+        block, previous, filters, strides):
+    app = keras.applications.MobileNet(input_shape=(32, 32, 3), weights=None, include_top=False)
+    randomize_batch_norms(app, np.random.default_rng(8))
+    probe = keras.Model(app.input, [app.get_layer(previous).output,
+                                    app.get_layer(f"conv_pw_{block}_relu").output])
+    block_in, block_out = probe(_x((2, 32, 32, 3)) * 10)
+    layer = DepthwiseSeparableConv(filters, strides=strides)
+    layer.build(block_in.shape)
+    names = [f"conv_dw_{block}", f"conv_dw_{block}_bn", f"conv_pw_{block}", f"conv_pw_{block}_bn"]
+    layer.set_weights([w for n in names for w in app.get_layer(n).get_weights()])
+    np.testing.assert_allclose(np.asarray(layer(block_in)), np.asarray(block_out), atol=1e-4)

@@ -7,7 +7,7 @@ Example:
     >>> report = export.verify(model, "out/model.tflite", inputs=images)
 """
 
-from export._common import output_names
+from export._common import input_names, output_names
 from export.saved_model import to_saved_model
 from export.tflite import FlexOpsError, convert_to_tflite, run_tflite, to_tflite
 from export.verify import tflite_ops, verify
@@ -15,6 +15,7 @@ from export.verify import tflite_ops, verify
 __all__ = [
     "FlexOpsError",
     "convert_to_tflite",
+    "input_names",
     "output_names",
     "run_tflite",
     "tflite_ops",

@@ -6,12 +6,15 @@ import shutil
 import tensorflow as tf
 
 
-def input_specs(model, batch_size=None):
+def input_specs(model, batch_size=None, input_shapes=None):
     """`tf.TensorSpec`s for a Keras model's inputs, named after the Keras inputs.
 
     Args:
         model: a built Keras model with `model.inputs`.
         batch_size: `None` for a dynamic batch, or an int to fix it (TFLite prefers fixed).
+        input_shapes: optional full shapes (leading dimension included), one per input, that
+            override `batch_size`; for models whose inputs have different leading sizes (for
+            example features `[N, H, W, C]` and boxes `[K, 4]`).
 
     Returns:
         A list of `tf.TensorSpec`, one per model input, in `model.inputs` order.
@@ -26,8 +29,15 @@ def input_specs(model, batch_size=None):
         name = getattr(inp, "name", None) or f"input_{i}"
         name = name.split(":")[0].replace("/", "_")
         shape = (batch_size,) + tuple(inp.shape[1:])
+        if input_shapes is not None:
+            shape = tuple(input_shapes[i])
         specs.append(tf.TensorSpec(shape=shape, dtype=inp.dtype, name=name))
     return specs
+
+
+def input_names(model):
+    """The signature input names kcv's exporters give a model's inputs, in `model.inputs` order."""
+    return [spec.name for spec in input_specs(model)]
 
 
 def output_names(model):

@@ -26,7 +26,12 @@ def to_saved_model(model, path, overwrite=False, batch_size=None):
         >>> to_saved_model(model, "exports/unet/1")  # TF Serving's versioned layout
     """
     path = prepare_path(path, overwrite)
-    specs = input_specs(model, batch_size=batch_size)
+    write_saved_model(model, path, input_specs(model, batch_size=batch_size))
+    return path
+
+
+def write_saved_model(model, path, specs):
+    """Writes the `serving_default` SavedModel of `model` for the given input specs."""
     names = output_names(model)
 
     def serve(*args):
@@ -40,4 +45,3 @@ def to_saved_model(model, path, overwrite=False, batch_size=None):
     archive.add_endpoint(name="serving_default", fn=serve, input_signature=specs)
     with tf.device("/cpu:0"):
         archive.write_out(path, verbose=False)
-    return path

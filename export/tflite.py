@@ -65,11 +65,11 @@ def _converter(model, specs):
     """
     import tempfile
 
-    from export.saved_model import to_saved_model
+    from export.saved_model import write_saved_model
 
     tmp = tempfile.mkdtemp(prefix="kcv_tflite_")
     path = os.path.join(tmp, "saved_model")
-    to_saved_model(model, path, batch_size=specs[0].shape[0])
+    write_saved_model(model, path, specs)
     conv = tf.lite.TFLiteConverter.from_saved_model(path, signature_keys=["serving_default"])
     conv._kcv_tmpdir = tmp
     return conv
@@ -93,7 +93,7 @@ def _find_flex_ops(model, specs):
 
 
 def convert_to_tflite(model, quantization=None, representative_data=None, batch_size=1,
-                      int8_io=False):
+                      int8_io=False, input_shapes=None):
     """Converts a Keras model to TFLite flatbuffer bytes with builtin ops only.
 
     Args:
@@ -106,6 +106,8 @@ def convert_to_tflite(model, quantization=None, representative_data=None, batch_
             `None` keeps it dynamic.
         int8_io: with `"int8"`, make the model's inputs and outputs int8 too (default: float32
             in and out, quantized inside).
+        input_shapes: optional full static shapes, one per model input, overriding
+            `batch_size` (for inputs with different leading sizes, e.g. features and boxes).
 
     Returns:
         `bytes` of the `.tflite` model.
@@ -118,7 +120,7 @@ def convert_to_tflite(model, quantization=None, representative_data=None, batch_
         raise ValueError(
             f"`quantization` must be one of {_QUANTIZATIONS}. Received: quantization={quantization!r}"
         )
-    specs = input_specs(model, batch_size=batch_size)
+    specs = input_specs(model, batch_size=batch_size, input_shapes=input_shapes)
     conv = _converter(model, specs)
     conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     if quantization == "float16":
@@ -192,17 +194,23 @@ def _dequantize(y, detail):
     return y
 
 
-def run_tflite(model, inputs, output_names=None):
+def run_tflite(model, inputs, output_names=None, input_names=None):
     """Runs a `.tflite` file (or bytes) in the LiteRT interpreter.
 
-    Inputs larger than the model's fixed batch are run one batch at a time; integer-quantized
-    inputs and outputs are quantized and de-quantized with the model's own parameters.
+    When every input has the same leading (batch) size and the model's batch is fixed and
+    smaller, the inputs are run one model-batch at a time. Integer-quantized inputs and outputs
+    are quantized and de-quantized with the model's own parameters.
 
     Args:
         model: path to a `.tflite` file, or its bytes.
-        inputs: an array, or a list of arrays in the Keras model's input order.
+        inputs: an array; a dict `{input_name: array}`; or a list of arrays in the order of
+            `input_names`.
         output_names: the order to return outputs in (for a model converted by kcv, the Keras
             output layer names: `export.output_names(keras_model)`); default: signature order.
+        input_names: the signature input names, in the order of `inputs` when it is a list
+            (for a model converted by kcv, the Keras input names: `export.input_names(model)`).
+            Required for a list of several arrays: LiteRT lists inputs sorted by name, which
+            need not be the model's order.
 
     Returns:
         A list of float arrays, one per output.
@@ -211,27 +219,47 @@ def run_tflite(model, inputs, output_names=None):
     runner = interp.get_signature_runner()
     sig = interp.get_signature_list()
     key = next(iter(sig))
-    in_names = sig[key]["inputs"]
+    in_names = list(sig[key]["inputs"])
     out_names = sig[key]["outputs"]
-    arrays = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
-    if len(arrays) != len(in_names):
+    if isinstance(inputs, dict):
+        feed_all = dict(inputs)
+    else:
+        arrays = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+        if input_names is None:
+            if len(arrays) > 1:
+                raise ValueError(
+                    "`input_names` is required to feed a list of several arrays (LiteRT sorts "
+                    f"inputs by name: {in_names}). Pass input_names=export.input_names(model) "
+                    "or a dict of arrays."
+                )
+            input_names = in_names
+        feed_all = dict(zip(input_names, arrays))
+        if len(arrays) != len(in_names):
+            feed_all = {f"<array {i}>": a for i, a in enumerate(arrays)}
+    if sorted(feed_all) != sorted(in_names):
         raise ValueError(
-            f"The model has {len(in_names)} inputs {in_names}; received {len(arrays)} arrays."
+            f"The model has inputs {sorted(in_names)}; received {sorted(feed_all)}."
         )
     in_details = runner.get_input_details()
     out_details = runner.get_output_details()
-    # Inputs are ordered as the serving signature (the Keras input order); LiteRT sorts names.
-    order = _signature_order(interp, key, in_names)
-    fixed = in_details[order[0]]["shape"][0]
-    n = arrays[0].shape[0]
-    step = n if fixed <= 0 or fixed == n else fixed
-    if n % step:
-        raise ValueError(f"Batch of {n} is not a multiple of the model's fixed batch {fixed}.")
+    feed_all = {name: np.asarray(a) for name, a in feed_all.items()}
+    leading = {a.shape[0] if a.ndim else None for a in feed_all.values()}
+    fixed = {int(in_details[name]["shape"][0]) if len(in_details[name]["shape"]) else None
+             for name in in_names}
+    n = next(iter(leading)) if len(leading) == 1 else None
+    step = n
+    if n and len(fixed) == 1:
+        b = next(iter(fixed))
+        if b is not None and 0 < b < n:
+            if n % b:
+                raise ValueError(f"Batch of {n} is not a multiple of the model's fixed batch {b}.")
+            step = b
     results = {name: [] for name in out_names}
-    for start in range(0, n, step):
+    starts = range(0, n, step) if step and step != n else [None]
+    for start in starts:
         feed = {}
-        for name, arr in zip(order, arrays):
-            chunk = np.asarray(arr[start : start + step])
+        for name, arr in feed_all.items():
+            chunk = arr if start is None else arr[start:start + step]
             feed[name] = _quantize(chunk, in_details[name])
         out = runner(**feed)
         for name in out_names:
@@ -239,10 +267,4 @@ def run_tflite(model, inputs, output_names=None):
     ordered = list(output_names) if output_names is not None else list(out_names)
     return [np.concatenate(results[name], axis=0) for name in ordered]
 
-
-def _signature_order(interp, key, in_names):
-    """Signature input names in the order of the traced function's arguments."""
-    details = interp.get_signature_runner(key).get_input_details()
-    # Positional order is kept in the tensor index order the converter assigned.
-    return sorted(in_names, key=lambda name: details[name]["index"])
 

@@ -160,16 +160,20 @@ def check_xla(model, arrays, atol=1e-5):
 def check_tflite(model, arrays, atol=1e-4, batch_size="fixed"):
     """Converts with TFLITE_BUILTINS only and compares LiteRT outputs with Keras (max abs diff).
 
+    With `batch_size="fixed"` every input gets the static shape of its array (inputs may have
+    different leading sizes, e.g. features and boxes); `None` keeps the batch dynamic.
+
     Returns the `.tflite` bytes.
     """
     expected = _outputs(model, arrays)
-    content = export.convert_to_tflite(
-        model, batch_size=arrays[0].shape[0] if batch_size == "fixed" else batch_size
-    )
+    shapes = [a.shape for a in arrays] if batch_size == "fixed" else None
+    content = export.convert_to_tflite(model, batch_size=batch_size if shapes is None else 1,
+                                       input_shapes=shapes)
     ops = export.tflite_ops(content)
     bad = [op for op in ops if op.startswith("Flex") or op == "CUSTOM"]
     assert not bad, f"non-builtin ops in the TFLite model: {bad}"
-    got = export.run_tflite(content, arrays, output_names=export.output_names(model))
+    got = export.run_tflite(content, arrays, output_names=export.output_names(model),
+                            input_names=export.input_names(model))
     for e, g in zip(expected, got):
         assert e.shape == g.shape, f"TFLite output shape {g.shape} != Keras {e.shape}"
         diff = float(np.max(np.abs(e - g))) if e.size else 0.0

@@ -113,10 +113,30 @@ def test_multiple_inputs_and_outputs_keep_their_order():
     d = keras.layers.Subtract(name="a_diff")([a, b])
     model = keras.Model([a, b], [s, d])
     xa, xb = np.ones((2, 3), "float32"), np.full((2, 3), 10.0, "float32")
-    out = export.run_tflite(export.convert_to_tflite(model, batch_size=None), [xa, xb],
-                            output_names=export.output_names(model))
+    content = export.convert_to_tflite(model, batch_size=None)
+    out = export.run_tflite(content, [xa, xb], output_names=export.output_names(model),
+                            input_names=export.input_names(model))
     np.testing.assert_allclose(out[0], xa + 2 * xb)
     np.testing.assert_allclose(out[1], xa - xb)
+    out = export.run_tflite(content, {"alpha": xb, "zeta": xa}, output_names=["a_diff", "z_sum"])
+    np.testing.assert_allclose(out[0], xa - xb)
+    np.testing.assert_allclose(out[1], xa + 2 * xb)
+    with pytest.raises(ValueError, match="input_names"):
+        export.run_tflite(content, [xa, xb])
+
+
+def test_inputs_with_different_leading_sizes():
+    # e.g. features [N, ...] and boxes [K, 4]: each input keeps its own static leading size
+    a = keras.Input((3,), name="feat")
+    b = keras.Input((2,), name="boxes")
+    s = keras.layers.Concatenate(axis=0, name="stack")(
+        [keras.layers.Dense(2, name="proj")(a), b])
+    model = keras.Model([a, b], s)
+    xa = np.random.rand(2, 3).astype("float32")
+    xb = np.random.rand(5, 2).astype("float32")
+    content = export.convert_to_tflite(model, input_shapes=[xa.shape, xb.shape])
+    out = export.run_tflite(content, [xa, xb], input_names=export.input_names(model))[0]
+    np.testing.assert_allclose(out, model([xa, xb]), atol=1e-6)
 
 
 def test_bad_arguments(unet):

@@ -1,1 +1,11 @@
-"""kcv.training."""
+"""kcv.training: LR range test, LR schedules, strategy selection, resumable fit, CLI."""
+
+from kcv.training.lr_finder import LRFinder, find_lr, smooth_losses, suggest_lr
+from kcv.training.schedules import (
+    CosineRestarts,
+    ExponentialDecay,
+    LinearDecayTail,
+    MultiStepDecay,
+    StepDecay,
+    WarmupCosine,
+)

@@ -269,16 +269,29 @@ def test_mobilenet_blocks_equal_plain_keras_layers(ours, plain, filters, expansi
     np.testing.assert_allclose(np.asarray(model(x)), np.asarray(reference(x)), atol=1e-5)
 
 
+@pytest.fixture(scope="module")
+def mobilenet_v2():
+    app = keras.applications.MobileNetV2(input_shape=(32, 32, 3), weights=None,
+                                         include_top=False)
+    randomize_batch_norms(app, np.random.default_rng(7))
+    return app
+
+
+@pytest.fixture(scope="module")
+def mobilenet_v1():
+    app = keras.applications.MobileNet(input_shape=(32, 32, 3), weights=None, include_top=False)
+    randomize_batch_norms(app, np.random.default_rng(8))
+    return app
+
+
 @pytest.mark.parametrize("prefix, previous, filters, expansion, strides", [
     ("expanded_conv", "Conv1_relu", 16, 1, 1),  # expansion 1: no expand conv, no residual
     ("block_1", "expanded_conv_project_BN", 24, 6, 2),  # stride 2 (ZeroPadding2D + valid)
     ("block_2", "block_1_project_BN", 24, 6, 1),  # residual
 ])
 def test_inverted_residual_equals_keras_applications_mobilenet_v2_block(
-        prefix, previous, filters, expansion, strides):
-    app = keras.applications.MobileNetV2(input_shape=(32, 32, 3), weights=None,
-                                         include_top=False)
-    randomize_batch_norms(app, np.random.default_rng(7))
+        mobilenet_v2, prefix, previous, filters, expansion, strides):
+    app = mobilenet_v2
     last = app.get_layer(f"{prefix}_add" if prefix == "block_2" else f"{prefix}_project_BN")
     probe = keras.Model(app.input, [app.get_layer(previous).output, last.output])
     block_in, block_out = probe(_x((2, 32, 32, 3)) * 10)
@@ -294,9 +307,8 @@ def test_inverted_residual_equals_keras_applications_mobilenet_v2_block(
 @pytest.mark.parametrize("block, previous, filters, strides", [
     (1, "conv1_relu", 64, 1), (2, "conv_pw_1_relu", 128, 2)])
 def test_depthwise_separable_equals_keras_applications_mobilenet_block(
-        block, previous, filters, strides):
-    app = keras.applications.MobileNet(input_shape=(32, 32, 3), weights=None, include_top=False)
-    randomize_batch_norms(app, np.random.default_rng(8))
+        mobilenet_v1, block, previous, filters, strides):
+    app = mobilenet_v1
     probe = keras.Model(app.input, [app.get_layer(previous).output,
                                     app.get_layer(f"conv_pw_{block}_relu").output])
     block_in, block_out = probe(_x((2, 32, 32, 3)) * 10)

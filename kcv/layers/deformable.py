@@ -58,6 +58,11 @@ class DeformableConv2D(keras.layers.Layer):
         modulated: `True` (default) for DCNv2 (learned mask), `False` for DCNv1.
         use_bias: add a bias. Default True.
         activation: activation applied to the output, or `None` (default).
+        offset_scale: the predicted offsets are `offset_scale * offset_conv(x)`. Default 1.0.
+            With Adam-type optimizers this acts as a learning-rate multiplier for the offset
+            predictor; the DCN papers train the offset layers with a reduced learning rate,
+            and values such as 0.1 keep the offsets from running away early in training
+            (see examples/deformable_conv.py).
         kernel_initializer, bias_initializer: of the main kernel `[kh, kw, C / groups,
             filters]` and bias. Defaults "glorot_uniform", "zeros".
         kernel_regularizer, bias_regularizer, kernel_constraint, bias_constraint: for the main
@@ -83,6 +88,7 @@ class DeformableConv2D(keras.layers.Layer):
 
     def __init__(self, filters, kernel_size, strides=1, padding="same", dilation_rate=1,
                  groups=1, offset_groups=1, modulated=True, use_bias=True, activation=None,
+                 offset_scale=1.0,
                  kernel_initializer="glorot_uniform", bias_initializer="zeros",
                  kernel_regularizer=None, bias_regularizer=None, kernel_constraint=None,
                  bias_constraint=None, **kwargs):
@@ -107,6 +113,12 @@ class DeformableConv2D(keras.layers.Layer):
                 f"dilation_rate={dilation_rate!r}"
             )
         _check_activation(activation)
+        if (isinstance(offset_scale, bool) or not isinstance(offset_scale, (int, float))
+                or not 0 < offset_scale < float("inf")):
+            raise ValueError(
+                f"`offset_scale` must be a positive finite number. Received: "
+                f"offset_scale={offset_scale!r}"
+            )
         self.filters = filters
         self.kernel_size = kernel_size
         self.strides = strides
@@ -117,6 +129,7 @@ class DeformableConv2D(keras.layers.Layer):
         self.modulated = modulated
         self.use_bias = use_bias
         self.activation = activation
+        self.offset_scale = offset_scale
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.bias_initializer = keras.initializers.get(bias_initializer)
         self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
@@ -166,11 +179,14 @@ class DeformableConv2D(keras.layers.Layer):
         kernel row, kernel col, (dy, dx), in input pixels) and `mask [N, Ho, Wo, offset_groups
         * kh * kw]` in (0, 1), or `None` when not modulated."""
         predicted = self.offset_conv(inputs)
-        if not self.modulated:
-            return predicted, None
         kh, kw = self._kernel_hw
         split = 2 * self.offset_groups * kh * kw
-        return predicted[..., :split], keras.ops.sigmoid(predicted[..., split:])
+        offsets = predicted[..., :split]
+        if self.offset_scale != 1:
+            offsets = offsets * self.offset_scale
+        if not self.modulated:
+            return offsets, None
+        return offsets, keras.ops.sigmoid(predicted[..., split:])
 
     def compute_output_shape(self, input_shape):
         spatial = []
@@ -197,6 +213,7 @@ class DeformableConv2D(keras.layers.Layer):
             "modulated": self.modulated,
             "use_bias": self.use_bias,
             "activation": _serialize_activation(self.activation),
+            "offset_scale": self.offset_scale,
             "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
             "bias_initializer": keras.initializers.serialize(self.bias_initializer),
             "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),

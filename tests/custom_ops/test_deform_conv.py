@@ -135,6 +135,13 @@ def _nhwc(a):
     return np.transpose(a, (0, 2, 3, 1))
 
 
+def numpy_forward_nhwc(x, offsets, kernel, bias, mask, stride, dil, pad=1):
+    """The oracle's forward pass on kcv-layout (NHWC / HWIO) float64 arrays."""
+    return _nhwc(numpy_deform_conv2d(
+        _nchw(x), np.transpose(kernel, (3, 2, 0, 1)), _nchw(offsets),
+        None if mask is None else _nchw(mask), bias, (stride, stride), (pad, pad), (dil, dil)))
+
+
 def _case(rng, *, stride, dil, offset_groups, groups, modulated, pad=1, scale=2.0,
           shape=(2, 6, 7, 4), out_channels=4, ksize=(3, 3)):
     n, h, w, c = shape
@@ -196,9 +203,7 @@ def test_float32_forward_matches_numpy_and_reference():
     rng = np.random.default_rng(7)
     x, offsets, kernel, bias, mask = _case(rng, stride=2, dil=1, offset_groups=2, groups=2,
                                            modulated=True)
-    expected = _nhwc(numpy_deform_conv2d(
-        _nchw(x), np.transpose(kernel, (3, 2, 0, 1)), _nchw(offsets), _nchw(mask), bias,
-        (2, 2), (1, 1), (1, 1)))
+    expected = numpy_forward_nhwc(x, offsets, kernel, bias, mask, stride=2, dil=1)
     f32 = [a.astype(np.float32) for a in (x, offsets, kernel, bias, mask)]
     kwargs = dict(strides=2, padding=1)
     got = deform_conv2d(*f32[:4], mask=f32[4], **kwargs)
@@ -213,9 +218,7 @@ def test_reference_matches_numpy_definition_float64():
     rng = np.random.default_rng(8)
     x, offsets, kernel, bias, mask = _case(rng, stride=1, dil=2, offset_groups=2, groups=1,
                                            modulated=True)
-    expected = _nhwc(numpy_deform_conv2d(
-        _nchw(x), np.transpose(kernel, (3, 2, 0, 1)), _nchw(offsets), _nchw(mask), bias,
-        (1, 1), (1, 1), (2, 2)))
+    expected = numpy_forward_nhwc(x, offsets, kernel, bias, mask, stride=1, dil=2)
     got = _deform_conv2d_reference(x, offsets, kernel, bias, mask, padding=1, dilation_rate=2)
     np.testing.assert_allclose(got.numpy(), expected, atol=1e-6, rtol=0)
 
@@ -398,10 +401,9 @@ def test_tflite_builtins_only_and_litert_parity():
     offsets = tf.nn.conv2d(x, weights[0], 2, "SAME")
     mask = tf.sigmoid(tf.nn.conv2d(x, weights[1], 2, "SAME"))
     assert np.abs(offsets).max() > 4
-    expected = _nhwc(numpy_deform_conv2d(
-        _nchw(x.astype(np.float64)), np.transpose(weights[2], (3, 2, 0, 1)).astype(np.float64),
-        _nchw(offsets.numpy().astype(np.float64)), _nchw(mask.numpy().astype(np.float64)),
-        weights[3].astype(np.float64), (2, 2), (1, 1), (1, 1)))
+    expected = numpy_forward_nhwc(
+        *(np.asarray(a, np.float64) for a in (x, offsets, weights[2], weights[3], mask)),
+        stride=2, dil=1)
     np.testing.assert_allclose(model(x).numpy(), expected, atol=1e-4)
     check_tflite(model, [x], atol=1e-4)
 

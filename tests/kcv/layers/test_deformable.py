@@ -35,7 +35,7 @@ def test_shared_layer_routine_with_learned_offsets():
     the input) - a fresh layer only exercises the plain-convolution special case."""
     rng = np.random.default_rng(1)
     x = rng.normal(size=(1, 7, 7, 4)).astype(np.float32)
-    layer = DeformableConv2D(4, 3, strides=2, modulated=True, name="dcn")
+    layer = DeformableConv2D(4, 3, strides=2, modulated=True, offset_scale=0.5, name="dcn")
     layer(x)
     _randomize_offset_conv(layer, rng, scale=0.5)
     offsets, _ = layer.offsets_and_mask(x)
@@ -90,11 +90,12 @@ def test_offsets_and_mask_are_wired_as_documented():
     is a sigmoid, and each offset group displaces its own block of channels."""
     rng = np.random.default_rng(3)
     x = rng.normal(size=(1, 5, 5, 4)).astype(np.float32)
-    layer = DeformableConv2D(3, 3, offset_groups=2, use_bias=False)
+    layer = DeformableConv2D(3, 3, offset_groups=2, use_bias=False, offset_scale=0.5)
     layer(x)
     _randomize_offset_conv(layer, rng)
     offsets, mask = (t.numpy().astype(np.float64) for t in layer.offsets_and_mask(x))
     raw = layer.offset_conv(x).numpy().astype(np.float64)
+    np.testing.assert_allclose(offsets, 0.5 * raw[..., :36], atol=1e-6)
     np.testing.assert_allclose(mask, 1 / (1 + np.exp(-raw[..., 36:])), atol=1e-6)
     kernel = layer.kernel.numpy().astype(np.float64)
     expected = np.zeros((5, 5, 3))
@@ -147,6 +148,7 @@ def test_offset_predictor_learns_from_zero():
         (dict(strides=2, dilation_rate=2), r"`strides > 1` cannot be combined"),
         (dict(offset_groups=-1), r"`offset_groups` must be a positive integer"),
         (dict(activation="nope"), r"`activation` must be an activation name"),
+        (dict(offset_scale=0), r"`offset_scale` must be a positive finite number.*=0"),
     ],
 )
 def test_bad_arguments(kwargs, match):

@@ -1,0 +1,292 @@
+"""The NMS family against NumPy greedy references and TensorFlow's kernels."""
+
+import math
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import custom_ops
+import export
+
+
+def np_iou(a, b):
+    a = [min(a[0], a[2]), min(a[1], a[3]), max(a[0], a[2]), max(a[1], a[3])]
+    b = [min(b[0], b[2]), min(b[1], b[3]), max(b[0], b[2]), max(b[1], b[3])]
+    inter = max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def np_diou(a, b):
+    ch = max(a[2], b[2]) - min(a[0], b[0])
+    cw = max(a[3], b[3]) - min(a[1], b[1])
+    rho2 = ((a[0] + a[2] - b[0] - b[2]) / 2) ** 2 + ((a[1] + a[3] - b[1] - b[3]) / 2) ** 2
+    diag = ch**2 + cw**2
+    return np_iou(a, b) - (rho2 / diag if diag > 0 else 0.0)
+
+
+def np_greedy(boxes, scores, thr, score_thr=-np.inf, overlap=np_iou, classes=None):
+    """Textbook greedy NMS; returns (kept indices, owner of every box)."""
+    order = sorted((i for i in range(len(scores)) if scores[i] > score_thr),
+                   key=lambda i: (-scores[i], i))
+    keep, owner = [], {}
+    for i in order:
+        for k in keep:
+            same = classes is None or classes[i] == classes[k]
+            if same and overlap(boxes[k], boxes[i]) > thr:
+                owner[i] = k
+                break
+        else:
+            keep.append(i)
+            owner[i] = i
+    return keep, owner
+
+
+def np_soft(boxes, scores, sigma, method, nt, score_thr):
+    """Bodla et al., Algorithm 1 (Gaussian: exp(-iou^2 / sigma); linear: 1 - iou if iou >= Nt)."""
+    s = np.array(scores, np.float64)
+    alive = list(range(len(s)))
+    out, out_s = [], []
+    while alive:
+        m = max(alive, key=lambda i: (s[i], -i))
+        if s[m] <= score_thr:
+            break
+        out.append(m)
+        out_s.append(s[m])
+        alive.remove(m)
+        for i in alive:
+            iou = np_iou(boxes[m], boxes[i])
+            s[i] *= math.exp(-iou * iou / sigma) if method == "gaussian" else (1 - iou if iou >= nt else 1)
+        alive = [i for i in alive if s[i] > score_thr]
+    return out, np.array(out_s)
+
+
+def random_problem(n, seed=0, max_side=300.0, grid=False):
+    rng = np.random.default_rng(seed)
+    centre = rng.uniform(0, 1000, (n, 2))
+    side = rng.uniform(10, max_side, (n, 2))
+    if grid:  # integer coordinates: many exact ties in IoU and scores
+        centre, side = np.round(centre / 50) * 50, np.round(side / 50) * 50 + 50
+    boxes = np.concatenate([centre - side / 2, centre + side / 2], 1).astype(np.float32)
+    scores = rng.uniform(size=n).astype(np.float32)
+    if grid:
+        scores = np.round(scores * 10) / 10
+    return boxes, scores
+
+
+@pytest.mark.parametrize("n,seed,thr", [(40, 0, 0.5), (300, 1, 0.3), (1100, 2, 0.7), (200, 3, 0.0),
+                                        (150, 4, 1.0)])
+def test_nms_matches_tf_image_and_numpy(n, seed, thr):
+    boxes, scores = random_problem(n, seed)
+    expected = tf.image.non_max_suppression(boxes, scores, n, thr).numpy()
+    got = custom_ops.nms(boxes, scores, thr).numpy()
+    np.testing.assert_array_equal(got, expected)
+    if n <= 300:
+        np.testing.assert_array_equal(got, np_greedy(boxes, scores, thr)[0])
+
+
+def test_nms_ties_take_lower_index_first():
+    boxes, scores = random_problem(120, 5, grid=True)
+    np.testing.assert_array_equal(custom_ops.nms(boxes, scores, 0.5).numpy(),
+                                  np_greedy(boxes, scores, 0.5)[0])
+
+
+def test_iou_exactly_at_threshold_is_kept():
+    boxes = np.array([[0, 0, 1, 2], [0, 0, 1, 1]], np.float32)  # IoU exactly 1/2
+    scores = np.array([0.9, 0.8], np.float32)
+    np.testing.assert_array_equal(custom_ops.nms(boxes, scores, 0.5).numpy(), [0, 1])
+    np.testing.assert_array_equal(custom_ops.nms(boxes, scores, 0.49).numpy(), [0])
+
+
+def test_score_threshold_and_max_output_size_padded():
+    boxes, scores = random_problem(200, 6)
+    expected = tf.image.non_max_suppression(boxes, scores, 15, 0.5, score_threshold=0.4).numpy()
+    idx, num = custom_ops.nms(boxes, scores, 0.5, 0.4, max_output_size=15,
+                              pad_to_max_output_size=True)
+    assert idx.shape == (15,) and int(num) == len(expected) == 15
+    np.testing.assert_array_equal(idx.numpy(), expected)
+    idx, num = custom_ops.nms(boxes[:3], scores[:3], 0.5, max_output_size=6,
+                              pad_to_max_output_size=True)
+    n = int(num)
+    np.testing.assert_array_equal(idx.numpy()[n:], np.zeros(6 - n))
+
+
+def test_batched_input_padded():
+    probs = [random_problem(80, s) for s in (7, 8)]
+    boxes = np.stack([p[0] for p in probs])
+    scores = np.stack([p[1] for p in probs])
+    idx, num = custom_ops.nms(boxes, scores, 0.5, max_output_size=30, pad_to_max_output_size=True)
+    for b, (bx, sc) in enumerate(probs):
+        expected = np_greedy(bx, sc, 0.5)[0][:30]
+        assert int(num[b]) == len(expected)
+        np.testing.assert_array_equal(idx.numpy()[b, : len(expected)], expected)
+
+
+@pytest.mark.parametrize("n", [0, 1])
+def test_empty_and_single(n):
+    boxes, scores = random_problem(n, 9)
+    assert custom_ops.nms(boxes, scores).numpy().tolist() == list(range(n))
+    idx, num = custom_ops.nms(boxes, scores, max_output_size=4, pad_to_max_output_size=True)
+    assert idx.numpy().tolist() == [0, 0, 0, 0] and int(num) == n
+    soft_idx, soft_s = custom_ops.soft_nms(boxes, scores)
+    assert soft_idx.shape == (n,) and soft_s.shape == (n,)
+
+
+def test_all_scores_under_threshold():
+    boxes, scores = random_problem(50, 10)
+    assert custom_ops.nms(boxes, scores, score_threshold=2.0).shape == (0,)
+    idx, num = custom_ops.soft_nms(boxes, scores, score_threshold=2.0, max_output_size=5,
+                                   pad_to_max_output_size=True)[::2]
+    assert int(num) == 0
+
+
+def test_zero_area_boxes_never_suppress():
+    boxes = np.array([[5, 5, 5, 5], [5, 5, 5, 5], [0, 0, 10, 10]], np.float32)
+    scores = np.array([0.9, 0.8, 0.7], np.float32)
+    np.testing.assert_array_equal(custom_ops.nms(boxes, scores, 0.0).numpy(), [0, 1, 2])
+    np.testing.assert_array_equal(tf.image.non_max_suppression(boxes, scores, 3, 0.0).numpy(),
+                                  [0, 1, 2])
+
+
+def test_boxes_given_as_xyxy_or_flipped_give_the_same_answer():
+    boxes, scores = random_problem(150, 11)
+    expected = custom_ops.nms(boxes, scores, 0.5).numpy()
+    np.testing.assert_array_equal(expected, np_greedy(boxes, scores, 0.5)[0])
+    xyxy = boxes[:, [1, 0, 3, 2]]  # transposed: IoU unchanged
+    np.testing.assert_array_equal(custom_ops.nms(xyxy, scores, 0.5).numpy(), expected)
+    flipped = boxes[:, [2, 3, 0, 1]]  # x2 < x1 and y2 < y1: corners are sorted first
+    np.testing.assert_array_equal(custom_ops.nms(flipped, scores, 0.5).numpy(), expected)
+
+
+def test_nan_scores_are_dropped_not_an_error():
+    boxes, scores = random_problem(60, 12)
+    scores[[3, 10, 20]] = np.nan
+    got = custom_ops.nms(boxes, scores, 0.5).numpy()
+    clean = np.where(np.isnan(scores), -np.inf, scores)
+    np.testing.assert_array_equal(got, np_greedy(boxes, clean, 0.5)[0])
+    assert not {3, 10, 20} & set(got.tolist())
+    soft_idx, _ = custom_ops.soft_nms(boxes, scores)
+    assert not {3, 10, 20} & set(soft_idx.numpy().tolist())
+
+
+def test_batched_nms_is_class_aware():
+    boxes, scores = random_problem(250, 13)
+    classes = np.random.default_rng(13).integers(0, 4, 250).astype(np.int32)
+    expected = np_greedy(boxes, scores, 0.5, classes=classes)[0]
+    np.testing.assert_array_equal(custom_ops.batched_nms(boxes, scores, classes, 0.5).numpy(),
+                                  expected)
+
+
+def test_diou_nms_matches_numpy():
+    boxes, scores = random_problem(250, 14)
+    expected = np_greedy(boxes, scores, 0.4, overlap=np_diou)[0]
+    np.testing.assert_array_equal(custom_ops.diou_nms(boxes, scores, 0.4).numpy(), expected)
+    assert len(expected) > len(np_greedy(boxes, scores, 0.4)[0])  # the penalty keeps more
+
+
+def test_weighted_nms_matches_numpy():
+    boxes, scores = random_problem(250, 15)
+    keep, owner = np_greedy(boxes, scores, 0.5)
+    expected = []
+    for k in keep:
+        members = [i for i, o in owner.items() if o == k]
+        w = scores[members].astype(np.float64)
+        expected.append((boxes[members] * w[:, None]).sum(0) / w.sum())
+    idx, avg = custom_ops.weighted_nms(boxes, scores, 0.5)
+    np.testing.assert_array_equal(idx.numpy(), keep)
+    np.testing.assert_allclose(avg.numpy(), np.array(expected), rtol=1e-5, atol=1e-3)
+    assert any(sum(o == k for o in owner.values()) > 1 for k in keep)  # averaging happened
+
+
+def test_soft_nms_gaussian_matches_tf_and_numpy():
+    boxes, scores = random_problem(150, 16)
+    ref_idx, ref_s = tf.image.non_max_suppression_with_scores(
+        boxes, scores, 150, iou_threshold=1.0, score_threshold=1e-3, soft_nms_sigma=0.25)
+    idx, s = custom_ops.soft_nms(boxes, scores, sigma=0.5)
+    np.testing.assert_array_equal(idx.numpy(), ref_idx.numpy())
+    np.testing.assert_allclose(s.numpy(), ref_s.numpy(), rtol=1e-5)
+    np_idx, np_s = np_soft(boxes, scores, 0.5, "gaussian", 0.3, 1e-3)
+    np.testing.assert_array_equal(idx.numpy(), np_idx)
+    np.testing.assert_allclose(s.numpy(), np_s, rtol=1e-5)
+
+
+def test_soft_nms_linear_matches_numpy():
+    boxes, scores = random_problem(150, 17)
+    np_idx, np_s = np_soft(boxes, scores, 0.5, "linear", 0.3, 1e-3)
+    idx, s, num = custom_ops.soft_nms(boxes, scores, method="linear", iou_threshold=0.3,
+                                      max_output_size=150, pad_to_max_output_size=True)
+    assert int(num) == len(np_idx)
+    np.testing.assert_array_equal(idx.numpy()[: len(np_idx)], np_idx)
+    np.testing.assert_allclose(s.numpy()[: len(np_idx)], np_s, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_xla_padded_matches_eager():
+    boxes, scores = random_problem(600, 18)
+    expected = np_greedy(boxes, scores, 0.5)[0][:100]
+
+    @tf.function(jit_compile=True)
+    def run(b, s):
+        return (custom_ops.nms(b, s, 0.5, max_output_size=100, pad_to_max_output_size=True),
+                custom_ops.soft_nms(b, s, max_output_size=50, pad_to_max_output_size=True))
+
+    (idx, num), (sidx, ss, snum) = run(boxes, scores)
+    assert int(num) == len(expected)
+    np.testing.assert_array_equal(idx.numpy()[: len(expected)], expected)
+    eager = custom_ops.soft_nms(boxes, scores, max_output_size=50)
+    np.testing.assert_array_equal(sidx.numpy()[: int(snum)], eager[0].numpy())
+
+
+class _NMSProbe(keras.layers.Layer):
+    """Test-only wrapper: hard and soft NMS, padded, inside a Keras model for conversion."""
+
+    def call(self, inputs):
+        boxes, scores = inputs
+        idx, num = custom_ops.nms(boxes, scores, 0.5, max_output_size=20,
+                                  pad_to_max_output_size=True)
+        sidx, ss, snum = custom_ops.soft_nms(boxes, scores, max_output_size=20,
+                                             pad_to_max_output_size=True)
+        return idx, num, sidx, ss, snum
+
+
+@pytest.mark.slow
+def test_tflite_builtins_only_and_litert_parity():
+    probs = [random_problem(64, s) for s in (19, 20)]
+    boxes = np.stack([p[0] for p in probs])
+    scores = np.stack([p[1] for p in probs])
+    b_in, s_in = keras.Input((64, 4)), keras.Input((64,))
+    model = keras.Model([b_in, s_in], _NMSProbe()([b_in, s_in]))
+    expected = [np.asarray(o) for o in model([boxes, scores])]
+    content = export.convert_to_tflite(model, batch_size=2)
+    ops = export.tflite_ops(content)
+    assert not [op for op in ops if op.startswith("Flex") or op == "CUSTOM"], ops
+    assert "WHILE" in ops
+    got = export.run_tflite(content, [boxes, scores], input_names=export.input_names(model),
+                           output_names=export.output_names(model))
+    for e, g in zip(expected, got):
+        np.testing.assert_allclose(g, e, atol=1e-5)
+    for b, (bx, sc) in enumerate(probs):  # and both are right
+        keep = np_greedy(bx, sc, 0.5)[0][:20]
+        np.testing.assert_array_equal(got[0][b, : len(keep)], keep)
+
+
+def test_errors():
+    boxes, scores = random_problem(5, 21)
+    with pytest.raises(ValueError, match=r"`iou_threshold` must be in \[0.0, 1.0\]. Received: iou_threshold=1.5"):
+        custom_ops.nms(boxes, scores, 1.5)
+    with pytest.raises(ValueError, match=r"`boxes` must have shape \[N, 4\].*Received: boxes.shape=\(5, 3\)"):
+        custom_ops.nms(boxes[:, :3], scores)
+    with pytest.raises(ValueError, match=r"`scores` must have shape \(5,\).*Received"):
+        custom_ops.nms(boxes, scores[:4])
+    with pytest.raises(ValueError, match="needs `max_output_size`"):
+        custom_ops.nms(boxes, scores, pad_to_max_output_size=True)
+    with pytest.raises(ValueError, match="`max_output_size` must be >= 0"):
+        custom_ops.nms(boxes, scores, max_output_size=-1)
+    with pytest.raises(ValueError, match="`method` must be 'gaussian' or 'linear'. Received: method='hard'"):
+        custom_ops.soft_nms(boxes, scores, method="hard")
+    with pytest.raises(ValueError, match="`sigma` must be > 0"):
+        custom_ops.soft_nms(boxes, scores, sigma=0.0)
+    with pytest.raises(ValueError, match="`classes` must have shape"):
+        custom_ops.batched_nms(boxes, scores, np.zeros(4, np.int32))

@@ -1,5 +1,6 @@
 """kcv.training: LR range test, LR schedules, strategy selection, resumable fit, CLI."""
 
+from kcv.training.fit import fit
 from kcv.training.lr_finder import LRFinder, find_lr, smooth_losses, suggest_lr
 from kcv.training.schedules import (
     CosineRestarts,
@@ -9,3 +10,4 @@ from kcv.training.schedules import (
     StepDecay,
     WarmupCosine,
 )
+from kcv.training.strategy import strategy

@@ -1,0 +1,101 @@
+"""Training job run in a subprocess by test_distributed.py (not collected by pytest).
+
+Usage: python distributed_job.py MODE OUT_DIR
+  mirrored: splits the CPU into two logical devices, trains the same model once on one device
+            and once under MirroredStrategy over both, saves single_*.npy and mirrored_*.npy.
+  worker:   one worker of a MultiWorkerMirroredStrategy cluster (TF_CONFIG set by the caller),
+            strategy chosen by kcv.training.strategy(); saves worker<index>_*.npy.
+"""
+
+import json
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+GLOBAL_BATCH, STEPS = 8, 4
+
+
+def data():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(GLOBAL_BATCH * STEPS, 8, 8, 2)).astype(np.float32)
+    y = rng.integers(0, 3, size=(GLOBAL_BATCH * STEPS, 8, 8)).astype(np.int32)
+    return tf.data.Dataset.from_tensor_slices((x, y)).batch(GLOBAL_BATCH)
+
+
+def build(initial_weights=None):
+    """Small conv net, per-pixel loss (kcv's class-weighted cross-entropy), L2 regularisation
+    and BatchNormalization synchronised across replicas."""
+    import keras
+
+    import kcv
+
+    keras.utils.set_random_seed(3)
+    l2 = keras.regularizers.L2(1e-2)
+    inputs = keras.Input((8, 8, 2))
+    h = keras.layers.Conv2D(4, 3, padding="same", kernel_regularizer=l2)(inputs)
+    h = keras.layers.BatchNormalization(synchronized=True)(h)
+    h = keras.layers.Activation("relu")(h)
+    logits = keras.layers.Conv2D(3, 1, kernel_regularizer=l2, name="head")(h)
+    model = keras.Model(inputs, logits)
+    model.compile(keras.optimizers.SGD(0.1, momentum=0.9),
+                  loss=kcv.losses.WeightedCrossentropy(class_weights=[0.5, 1.0, 2.0],
+                                                       from_logits=True))
+    if initial_weights is not None:
+        model.set_weights(initial_weights)
+    return model
+
+
+def train(strategy=None, initial_weights=None):
+    """Trains STEPS steps on the global batch with kcv.training.fit; returns the weights (all,
+    incl. BN statistics)."""
+    from kcv.training import fit
+
+    ds = data()
+    if strategy is None:
+        model = build(initial_weights)
+    else:
+        with strategy.scope():
+            model = build(initial_weights)
+    fit(model, ds, epochs=1, verbose=0, shuffle=False)
+    return [np.asarray(w) for w in model.get_weights()]
+
+
+def save(out_dir, prefix, weights):
+    for i, w in enumerate(weights):
+        np.save(os.path.join(out_dir, f"{prefix}_{i:02d}.npy"), w)
+
+
+def main():
+    mode, out_dir = sys.argv[1], sys.argv[2]
+    if mode == "mirrored":
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        init = [np.asarray(w) for w in build().get_weights()]
+        save(out_dir, "initial", init)
+        save(out_dir, "single", train(None, init))
+        from kcv.training import strategy as pick
+
+        strategy = pick()
+        assert isinstance(strategy, tf.distribute.MirroredStrategy), type(strategy)
+        assert strategy.num_replicas_in_sync == 2, strategy.num_replicas_in_sync
+        save(out_dir, "mirrored", train(strategy, init))
+    elif mode == "worker":
+        from kcv.training import strategy as pick
+
+        strategy = pick()  # first TF call: MultiWorkerMirroredStrategy must come first
+        assert isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy), type(strategy)
+        index = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
+        init = [np.asarray(w) for w in build().get_weights()]
+        save(out_dir, f"initial{index}", init)
+        save(out_dir, f"worker{index}", train(strategy, init))
+    else:
+        raise SystemExit(f"unknown mode {mode!r}")
+
+
+if __name__ == "__main__":
+    main()

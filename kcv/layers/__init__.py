@@ -12,6 +12,7 @@ from kcv.layers.conv_blocks import (
     PreActBottleneck,
 )
 from kcv.layers.deformable import DeformableConv2D
+from kcv.layers.detection import DetectionPostProcess
 from kcv.layers.dilated import HybridDilatedConv
 from kcv.layers.normalization import normalization
 from kcv.layers.roi import MultiScaleRoIAlign, RoIAlign, RoIPool

@@ -1,5 +1,7 @@
 """kcv.losses: losses as a function plus a serializable `keras.losses.Loss` class."""
 
+from kcv.losses.detection import IoULoss, SmoothL1Loss, box_iou_loss, smooth_l1_loss
+from kcv.losses.focal import FocalLoss, sigmoid_focal_loss
 from kcv.losses.segmentation import (
     BCEDiceLoss,
     DiceFocalLoss,

@@ -1,0 +1,98 @@
+"""Focal loss (RetinaNet): a function giving the element-wise loss and a `keras.losses.Loss` class."""
+
+import keras
+import tensorflow as tf
+
+
+def _check_focal_args(alpha, gamma):
+    if alpha is not None and not 0.0 <= float(alpha) <= 1.0:
+        raise ValueError(f"`alpha` must be None or in [0, 1]. Received: alpha={alpha!r}")
+    if float(gamma) < 0:
+        raise ValueError(f"`gamma` must be >= 0. Received: gamma={gamma!r}")
+
+
+def sigmoid_focal_loss(y_true, logits, alpha=0.25, gamma=2.0, from_logits=True):
+    """Binary (sigmoid) focal loss of RetinaNet, element-wise.
+
+    Formula: with `p = sigmoid(logits)`, `p_t = p` where `y = 1` and `1 - p` where `y = 0`,
+    `alpha_t = alpha` where `y = 1` and `1 - alpha` where `y = 0`:
+    `FL = -alpha_t * (1 - p_t)**gamma * log(p_t)`. Soft targets in [0, 1] are allowed (the
+    cross-entropy and the weights are then interpolated, as torchvision's `sigmoid_focal_loss`).
+
+    Args:
+        y_true: targets in {0, 1} (or [0, 1]), same shape as `logits`.
+        logits: float Tensor of any shape (probabilities with `from_logits=False`).
+        alpha: weight of the positive class in [0, 1], or None for no balancing.
+        gamma: focusing parameter >= 0 (0 gives the (balanced) binary cross-entropy).
+        from_logits: whether `logits` are logits (default) or probabilities.
+
+    Returns:
+        float Tensor, the shape of `logits`: the loss of each element (no reduction).
+
+    Example:
+        >>> sigmoid_focal_loss([[1.0, 0.0]], [[2.0, -1.0]]).numpy().round(5)
+        array([[0.00045, 0.01699]], dtype=float32)
+
+    Reference:
+        Lin et al., "Focal Loss for Dense Object Detection", ICCV 2017, eq. (5).
+    """
+    _check_focal_args(alpha, gamma)
+    logits = tf.convert_to_tensor(logits)
+    dtype = logits.dtype if logits.dtype.is_floating else tf.float32
+    x = tf.cast(logits, tf.float32)
+    y = tf.cast(y_true, tf.float32)
+    if from_logits:
+        p = tf.sigmoid(x)
+        ce = tf.nn.sigmoid_cross_entropy_with_logits(labels=tf.broadcast_to(y, tf.shape(x)), logits=x)
+    else:
+        eps = keras.backend.epsilon()
+        p = tf.clip_by_value(x, eps, 1.0 - eps)
+        ce = -(y * tf.math.log(p) + (1.0 - y) * tf.math.log(1.0 - p))
+    p_t = p * y + (1.0 - p) * (1.0 - y)
+    loss = ce * tf.pow(1.0 - p_t, gamma)
+    if alpha is not None:
+        loss = (alpha * y + (1.0 - alpha) * (1.0 - y)) * loss
+    return tf.cast(loss, dtype)
+
+
+@keras.saving.register_keras_serializable(package="kcv")
+class FocalLoss(keras.losses.Loss):
+    """Sigmoid focal loss (RetinaNet) with a Keras reduction. See `sigmoid_focal_loss`.
+
+    The element-wise loss is averaged over the last axis (the classes), as Keras' binary
+    losses do, and then reduced over the batch by `reduction`. With `alpha` set and
+    `from_logits`, it equals `keras.losses.BinaryFocalCrossentropy(apply_class_balancing=True,
+    alpha=alpha, gamma=gamma, from_logits=True)`. For detection one usually sums and divides by
+    the number of positive anchors: `reduction="sum"` and scale by `1 / num_positives`.
+
+    Args:
+        alpha: weight of the positive class in [0, 1], or None (no balancing). Default 0.25.
+        gamma: focusing parameter >= 0. Default 2.
+        from_logits: whether predictions are logits (default True).
+        reduction: Keras reduction ("sum_over_batch_size", "sum", "mean", "none", ...).
+        name: loss name.
+        dtype: loss dtype (Keras).
+
+    Example:
+        >>> loss = kcv.losses.FocalLoss(alpha=0.25, gamma=2.0)
+        >>> value = loss(labels, class_logits)
+
+    Reference:
+        Lin et al., "Focal Loss for Dense Object Detection", ICCV 2017.
+    """
+
+    def __init__(self, alpha=0.25, gamma=2.0, from_logits=True, reduction="sum_over_batch_size",
+                 name="focal_loss", dtype=None):
+        _check_focal_args(alpha, gamma)
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.alpha = alpha
+        self.gamma = gamma
+        self.from_logits = from_logits
+
+    def call(self, y_true, y_pred):
+        loss = sigmoid_focal_loss(y_true, y_pred, self.alpha, self.gamma, self.from_logits)
+        return tf.reduce_mean(loss, axis=-1)
+
+    def get_config(self):
+        return {**super().get_config(), "alpha": self.alpha, "gamma": self.gamma,
+                "from_logits": self.from_logits}

@@ -87,7 +87,7 @@ def fit(model, x=None, y=None, *, backup_dir=None, checkpoint_dir=None, save_bes
     """
     if not isinstance(model, keras.Model):
         raise ValueError(f"`model` must be a keras.Model. Received: model={type(model).__name__}")
-    if model.optimizer is None:
+    if getattr(model, "optimizer", None) is None:
         raise ValueError("`model` must be compiled before `fit` (`model.compile(optimizer, "
                          "loss)`).")
     if not model.built:

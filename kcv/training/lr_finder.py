@@ -165,7 +165,7 @@ class LRFinder(keras.callbacks.Callback):
         self.stopped_early = False
 
     def _inner_optimizer(self):
-        optimizer = self.model.optimizer
+        optimizer = getattr(self.model, "optimizer", None)
         if optimizer is None:
             raise ValueError("LRFinder needs a compiled model (`model.compile(optimizer, loss)`).")
         return getattr(optimizer, "inner_optimizer", optimizer)  # LossScaleOptimizer wraps one

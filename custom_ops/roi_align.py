@@ -23,6 +23,64 @@ def _in_xla_context():
     return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
 
 
+def _in_save_context():
+    from tensorflow.python.saved_model import save_context  # no public API for this question
+
+    return save_context.in_save_context()
+
+
+@tf.function(jit_compile=True, reduce_retracing=True)
+def _tap_gather_xla(flat, indices, weights):
+    return _sampling.tap_gather(flat, indices, weights)
+
+
+@tf.function(jit_compile=True, reduce_retracing=True)
+def _tap_scatter_xla(grads, indices, weights, shape_only):
+    # XLA needs the segment count as a compile-time constant: read it from a [P, 0] tensor.
+    return _sampling.tap_scatter(grads, indices, weights, tf.shape(shape_only)[0])
+
+
+def _use_xla_kernels(indices):
+    """Compile the gather/scatter with XLA unless it is already compiled or being exported.
+
+    XLA fuses the per-tap gathers (and the weighted scatter) into single loops; TensorFlow's
+    own kernels materialise every tap (`[T, K * oh * ow, C]`) and are several times slower. A
+    SavedModel/TFLite export (save context) and an enclosing XLA cluster use the plain ops.
+    The tap count must be static (fixed `sampling_ratio`).
+    """
+    return indices.shape[0] is not None and not _in_xla_context() and not _in_save_context()
+
+
+def _padded_bins(bins, bins_per_box):
+    """A power-of-two number of boxes, times `bins_per_box`, >= `bins` (an int32 scalar).
+
+    XLA compiles one program per shape; bucketing bounds the recompilations for a varying
+    number of boxes K to about log2(K_max).
+    """
+    boxes = tf.maximum(bins // bins_per_box, 1)
+    exponent = tf.math.ceil(tf.math.log(tf.cast(boxes, tf.float64)) / math.log(2.0) - 1e-9)
+    return tf.cast(tf.round(2.0 ** exponent), tf.int32) * bins_per_box
+
+
+def _gather_taps(flat, indices, weights, bins_per_box):
+    if not _use_xla_kernels(indices):
+        return _sampling.tap_gather(flat, indices, weights)
+    bins = tf.shape(indices)[1]
+    pad = [[0, 0], [0, _padded_bins(bins, bins_per_box) - bins]]  # padded taps: weight 0
+    return _tap_gather_xla(flat, tf.pad(indices, pad), tf.pad(weights, pad))[:bins]
+
+
+def _scatter_taps(grads, indices, weights, num_pixels, bins_per_box):
+    if not _use_xla_kernels(indices):
+        return _sampling.tap_scatter(grads, indices, weights, num_pixels)
+    bins = tf.shape(indices)[1]
+    extra = _padded_bins(bins, bins_per_box) - bins
+    pad = [[0, 0], [0, extra]]
+    shape_only = tf.zeros(tf.stack([num_pixels, 0]), grads.dtype)
+    return _tap_scatter_xla(tf.pad(grads, [[0, extra], [0, 0]]), tf.pad(indices, pad),
+                            tf.pad(weights, pad), shape_only)
+
+
 def _axis_samples(start, length, bins, grid, adaptive):
     """Sample coordinates [K, bins * G] and their averaging factors along one axis.
 
@@ -117,15 +175,22 @@ def _align(levels, boxes, level_of_box, box_indices, output_size, spatial_scales
     k = tf.shape(boxes)[0]
     out_h, out_w = output_size
 
-    def per_bin(t):  # [4, K, oh * gh, ow * gw] -> [K * oh * ow, 4 * gh * gw]: taps of each bin
+    taps = 4 * gh * gw if isinstance(gh, int) else None  # static for a fixed sampling_ratio
+
+    def per_bin(t):  # [4, K, oh * gh, ow * gw] -> [4 * gh * gw, K * oh * ow]: taps of each bin
         t = tf.reshape(t, [4, k, out_h, gh, out_w, gw])
-        return tf.reshape(tf.transpose(t, [1, 2, 4, 0, 3, 5]), [k * out_h * out_w, 4 * gh * gw])
+        t = tf.reshape(tf.transpose(t, [0, 3, 5, 1, 2, 4]), [-1, k * out_h * out_w])
+        return tf.ensure_shape(t, [taps, None])
 
     indices, weights = per_bin(indices), per_bin(weights)
+    bins_per_box = out_h * out_w
 
     def forward(*feats):
         flat = tf.concat([tf.reshape(tf.cast(f, dtype), [-1, channels]) for f in feats], 0)
-        out = _sampling.bilinear_gather(flat, indices, weights)  # [K * oh * ow, C]
+        if custom_gradient:
+            out = _gather_taps(flat, indices, weights, bins_per_box)  # [K * oh * ow, C]
+        else:  # the autodiff reference differentiates the plain ops
+            out = _sampling.tap_gather(flat, indices, weights)
         return tf.cast(tf.reshape(out, [k, out_h, out_w, channels]), out_dtype)
 
     if not custom_gradient:
@@ -135,7 +200,7 @@ def _align(levels, boxes, level_of_box, box_indices, output_size, spatial_scales
     def _op(*feats):
         def grad(dy):
             dy = tf.reshape(tf.cast(dy, dtype), [-1, channels])
-            d_flat = _sampling.bilinear_scatter(dy, indices, weights, tf.add_n(sizes))
+            d_flat = _scatter_taps(dy, indices, weights, sum(sizes), bins_per_box)
             parts = tf.split(d_flat, tf.stack(sizes), axis=0) if len(feats) > 1 else [d_flat]
             return [tf.cast(tf.reshape(d, tf.shape(f)), f.dtype) for d, f in zip(parts, feats)]
 

@@ -236,3 +236,35 @@ def test_bad_runtime_input_raises_invalid_argument(boxes, idx, match):
 def test_integer_features_raise_type_error():
     with pytest.raises(TypeError, match="`features` must be a float tensor.*int32"):
         custom_ops.roi_align(np.zeros((1, 4, 4, 1), np.int32), [[0.0, 0, 1, 1]], [0], 2)
+
+
+@pytest.mark.parametrize("path", ["xla_kernels", "plain_ops", "inside_xla"])
+def test_every_kernel_path_matches_numpy_with_padded_box_count(path, monkeypatch):
+    # Outside XLA the gather/scatter are compiled with XLA and K is padded to a power of two
+    # (K = 5 -> 8); an export (save context) uses the plain ops; inside an XLA cluster the plain
+    # ops are compiled with it. All must give the definition, forward and backward.
+    roi_module = __import__("custom_ops.roi_align", fromlist=["_in_save_context"])
+    if path == "plain_ops":
+        monkeypatch.setattr(roi_module, "_in_save_context", lambda: True)
+    boxes, idx = _BOXES_PX[:5], _BOX_INDICES[:5]
+    dy = _RNG.normal(size=(5, 2, 3, 3))
+    want, want_grad = np_roi_align(_FEATURES, boxes, idx, (2, 3), 0.5, 2, True, dy)
+
+    def fwd_bwd(feats):
+        with tf.GradientTape() as tape:
+            tape.watch(feats)
+            out = custom_ops.roi_align(feats, boxes, idx, (2, 3), 0.5, 2, True)
+            loss = tf.reduce_sum(out * dy)
+        return out, tape.gradient(loss, feats)
+
+    fn = tf.function(fwd_bwd, jit_compile=True) if path == "inside_xla" else fwd_bwd
+    got, got_grad = fn(tf.constant(_FEATURES))
+    np.testing.assert_allclose(got.numpy(), want, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(got_grad.numpy(), want_grad, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("k, want", [(0, 1), (1, 1), (2, 2), (3, 4), (5, 8), (512, 512),
+                                     (513, 1024)])
+def test_box_count_is_padded_to_a_power_of_two(k, want):
+    roi_module = __import__("custom_ops.roi_align", fromlist=["_padded_bins"])
+    assert int(roi_module._padded_bins(tf.constant(k * 6), 6)) == want * 6

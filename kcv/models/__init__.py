@@ -1,3 +1,3 @@
 """kcv.models: functional model builders (backbones, segmentation, detection)."""
 
-from kcv.models.segmentation import HRNet, UNet, UNetPlusPlus, prune
+from kcv.models.segmentation import DeepLabV3, HRNet, UNet, UNetPlusPlus, prune

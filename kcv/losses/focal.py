@@ -3,6 +3,10 @@
 import keras
 import tensorflow as tf
 
+from kcv.losses.segmentation import _check_alpha, dense_focal_loss
+
+_MODES = ("sigmoid", "dense")
+
 
 def _check_focal_args(alpha, gamma):
     if alpha is not None and not 0.0 <= float(alpha) <= 1.0:
@@ -57,18 +61,30 @@ def sigmoid_focal_loss(y_true, logits, alpha=0.25, gamma=2.0, from_logits=True):
 
 @keras.saving.register_keras_serializable(package="kcv")
 class FocalLoss(keras.losses.Loss):
-    """Sigmoid focal loss (RetinaNet) with a Keras reduction. See `sigmoid_focal_loss`.
+    """Focal loss with a Keras reduction: RetinaNet's sigmoid form, or dense segmentation.
 
-    The element-wise loss is averaged over the last axis (the classes), as Keras' binary
-    losses do, and then reduced over the batch by `reduction`. With `alpha` set and
-    `from_logits`, it equals `keras.losses.BinaryFocalCrossentropy(apply_class_balancing=True,
-    alpha=alpha, gamma=gamma, from_logits=True)`. For detection one usually sums and divides by
-    the number of positive anchors: `reduction="sum"` and scale by `1 / num_positives`.
+    `mode="sigmoid"` (default): the element-wise `sigmoid_focal_loss` (every output an
+    independent binary problem, as in detection) averaged over the last axis (the classes), as
+    Keras' binary losses do, and then reduced over the batch by `reduction`. With `alpha` set
+    and `from_logits`, it equals `keras.losses.BinaryFocalCrossentropy(apply_class_balancing=
+    True, alpha=alpha, gamma=gamma, from_logits=True)`. For detection one usually sums and
+    divides by the number of positive anchors: `reduction="sum"` and scale by
+    `1 / num_positives`.
+
+    `mode="dense"`: segmentation, `kcv.losses.dense_focal_loss` per image. Multi-class
+    predictions `[B, H, W, C]` use the softmax focal loss `-sum_c alpha_c t_c (1 - p_c)**gamma
+    log p_c` against sparse `[B, H, W]` or one-hot targets; one sigmoid channel `[B, H, W, 1]`
+    is binary (alpha on the foreground, `1 - alpha` on the background). `alpha` may be a list
+    of per-class weights, and pixels labelled `ignore_index` are left out of the mean.
 
     Args:
-        alpha: weight of the positive class in [0, 1], or None (no balancing). Default 0.25.
+        alpha: `mode="sigmoid"`: weight of the positive class in [0, 1], or None (no
+            balancing). `mode="dense"`: also a list of non-negative per-class weights
+            (binary: `[background, foreground]`). Default 0.25.
         gamma: focusing parameter >= 0. Default 2.
         from_logits: whether predictions are logits (default True).
+        mode: `"sigmoid"` (default) or `"dense"`.
+        ignore_index: `mode="dense"` only: the label value of pixels to leave out.
         reduction: Keras reduction ("sum_over_batch_size", "sum", "mean", "none", ...).
         name: loss name.
         dtype: loss dtype (Keras).
@@ -76,23 +92,40 @@ class FocalLoss(keras.losses.Loss):
     Example:
         >>> loss = kcv.losses.FocalLoss(alpha=0.25, gamma=2.0)
         >>> value = loss(labels, class_logits)
+        >>> seg = kcv.losses.FocalLoss(alpha=[0.1, 1.0, 1.0, 1.0], mode="dense", ignore_index=255)
 
     Reference:
         Lin et al., "Focal Loss for Dense Object Detection", ICCV 2017.
     """
 
-    def __init__(self, alpha=0.25, gamma=2.0, from_logits=True, reduction="sum_over_batch_size",
-                 name="focal_loss", dtype=None):
-        _check_focal_args(alpha, gamma)
+    def __init__(self, alpha=0.25, gamma=2.0, from_logits=True, mode="sigmoid",
+                 ignore_index=None, reduction="sum_over_batch_size", name="focal_loss",
+                 dtype=None):
+        if mode not in _MODES:
+            raise ValueError(f"`mode` must be one of {_MODES}. Received: mode={mode!r}")
+        if mode == "dense" and isinstance(alpha, (list, tuple)):
+            _check_alpha(alpha)
+            _check_focal_args(None, gamma)
+        else:
+            _check_focal_args(alpha, gamma)
+        if mode == "sigmoid" and ignore_index is not None:
+            raise ValueError("`ignore_index` needs mode='dense'. "
+                             f"Received: ignore_index={ignore_index!r}, mode={mode!r}")
         super().__init__(name=name, reduction=reduction, dtype=dtype)
         self.alpha = alpha
         self.gamma = gamma
         self.from_logits = from_logits
+        self.mode = mode
+        self.ignore_index = ignore_index
 
     def call(self, y_true, y_pred):
+        if self.mode == "dense":
+            return dense_focal_loss(y_true, y_pred, self.gamma, self.alpha, self.from_logits,
+                                    self.ignore_index)
         loss = sigmoid_focal_loss(y_true, y_pred, self.alpha, self.gamma, self.from_logits)
         return tf.reduce_mean(loss, axis=-1)
 
     def get_config(self):
         return {**super().get_config(), "alpha": self.alpha, "gamma": self.gamma,
-                "from_logits": self.from_logits}
+                "from_logits": self.from_logits, "mode": self.mode,
+                "ignore_index": self.ignore_index}

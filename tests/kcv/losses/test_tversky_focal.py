@@ -305,3 +305,56 @@ def test_exported_from_kcv_losses():
 def test_errors(make, match):
     with pytest.raises(ValueError, match=match):
         make()
+
+
+# --- kcv.losses.FocalLoss, dense mode ---------------------------------------------------------
+
+def test_focal_loss_class_dense_mode_multiclass(multiclass):
+    labels, logits = multiclass
+    probs = np_softmax(logits)
+    alpha = [0.1, 0.5, 1.0, 2.0]
+    marked = labels.copy()
+    marked[1, :3] = 255
+    expected = np_focal(labels, probs, 2.0, alpha, valid=marked != 255)
+    loss = kcv.losses.FocalLoss(alpha=alpha, mode="dense", ignore_index=255)
+    np.testing.assert_allclose(loss(marked, logits), expected.mean(), rtol=1e-5)
+    builtin = keras.losses.CategoricalFocalCrossentropy(alpha=0.25, gamma=2.0, from_logits=True)
+    np.testing.assert_allclose(kcv.losses.FocalLoss(mode="dense")(np.eye(4)[labels], logits),
+                               builtin(np.eye(4)[labels], logits), rtol=1e-5)
+
+
+def test_focal_loss_class_dense_mode_binary_equals_sigmoid_mode():
+    rng = np.random.default_rng(4)
+    y_true = (rng.random((2, 6, 6, 1)) > 0.6).astype(np.float32)
+    logits = rng.normal(size=(2, 6, 6, 1)).astype(np.float32)
+    dense = kcv.losses.FocalLoss(alpha=0.25, mode="dense")(y_true, logits)
+    sigmoid = kcv.losses.FocalLoss(alpha=0.25)(y_true, logits)
+    np.testing.assert_allclose(dense, sigmoid, rtol=1e-5)
+    # sparse [B, H, W] 0/1 targets against the one channel
+    np.testing.assert_allclose(kcv.losses.FocalLoss(alpha=0.25, mode="dense")(
+        y_true[..., 0].astype(np.int32), logits), sigmoid, rtol=1e-5)
+
+
+def test_focal_loss_class_dense_mode_serializes(tmp_path):
+    loss = kcv.losses.FocalLoss(alpha=[0.2, 0.8], gamma=1.0, mode="dense", ignore_index=-1)
+    config = loss.get_config()
+    assert config["mode"] == "dense" and config["alpha"] == [0.2, 0.8]
+    assert config["ignore_index"] == -1
+    inputs = keras.Input((4, 4, 3))
+    model = keras.Model(inputs, keras.layers.Conv2D(2, 1)(inputs))
+    model.compile("sgd", loss=loss)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras", safe_mode=True)
+    assert loaded.loss.get_config() == config
+    assert kcv.losses.FocalLoss().get_config()["mode"] == "sigmoid"  # default unchanged
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"mode": "softmax"}, "mode"),
+    ({"ignore_index": 255}, "ignore_index"),
+    ({"mode": "dense", "alpha": [1.0, -2.0]}, "alpha"),
+    ({"mode": "dense", "alpha": [1.0, 1.0], "gamma": -1}, "gamma"),
+])
+def test_focal_loss_class_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        kcv.losses.FocalLoss(**kwargs)

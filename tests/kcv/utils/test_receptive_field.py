@@ -1,0 +1,110 @@
+"""receptive_field on keras.applications models against fields derived by hand from their layers."""
+
+import keras
+import pytest
+
+from kcv.models import ResNet18
+from kcv.utils import ReceptiveField, receptive_field
+
+_APPS = keras.applications
+
+
+def _by_hand(layers):
+    """Plain recurrence over a hand-written list of (kernel, stride, pad_before) per layer:
+    size += (k - 1) * jump; centre += ((k - 1) / 2 - pad_before) * jump; jump *= stride."""
+    size, jump, start = 1, 1, 0.0
+    for k, s, pad in layers:
+        size += (k - 1) * jump
+        start += ((k - 1) / 2 - pad) * jump
+        jump *= s
+    return size, jump, start
+
+
+def test_vgg16_block5_pool():
+    # 13 3x3 "same" convolutions (pad 1) and 5 2x2 pools, read off keras.applications.VGG16.
+    convs = (2, 2, 3, 3, 3)
+    layers = []
+    for n in convs:
+        layers += [(3, 1, 1)] * n + [(2, 2, 0)]
+    assert _by_hand(layers) == (212, 32, 15.5)
+    model = _APPS.VGG16(weights=None, include_top=False, input_shape=(64, 64, 3))
+    assert receptive_field(model, "block5_pool") == ReceptiveField((212, 212), (32, 32),
+                                                                  (15.5, 15.5))
+    # After block3_pool: 2+2+3 convs and three pools.
+    assert receptive_field(model, "block3_pool").size == (44, 44)
+
+
+def test_mobilenet_v1():
+    # conv1: 3x3 stride 2 "same" on an even size pads 0 before; 13 depthwise 3x3 (stride 2 ones
+    # after a (0, 1) zero padding, valid; stride 1 ones "same", pad 1); 1x1 pointwise convs add
+    # nothing. Strides of the depthwise convs: keras.applications' block list.
+    strides = (1, 2, 1, 2, 1, 2, 1, 1, 1, 1, 1, 2, 1)
+    layers = [(3, 2, 0)] + [(3, s, 1 if s == 1 else 0) for s in strides]
+    assert _by_hand(layers) == (315, 32, 31)
+    model = _APPS.MobileNet(weights=None, include_top=False, input_shape=(96, 96, 3))
+    assert receptive_field(model) == ReceptiveField((315, 315), (32, 32), (31, 31))
+
+
+def test_mobilenet_v2_through_residual_adds():
+    # Conv1 3x3 s2, then the depthwise 3x3 of the 17 inverted residual blocks; the identity
+    # branches of the adds are centred like the convolutional ones, so the adds keep the
+    # larger field.
+    strides = (1, 2, 1, 2, 1, 1, 2, 1, 1, 1, 1, 1, 1, 2, 1, 1, 1)
+    layers = [(3, 2, 0)] + [(3, s, 1 if s == 1 else 0) for s in strides]
+    assert _by_hand(layers) == (491, 32, 31)
+    model = _APPS.MobileNetV2(weights=None, include_top=True, input_shape=(96, 96, 3))
+    # layer_name=None: the last layer with a spatial output (out_relu), before the top.
+    assert receptive_field(model) == ReceptiveField((491, 491), (32, 32), (31, 31))
+    assert receptive_field(model, "block_2_add") == receptive_field(model, "block_2_project_BN")
+
+
+def test_resnet50_and_published_value():
+    # Stem: pad 3 + 7x7/2 valid, pad 1 + 3x3/2 max pool. Bottleneck blocks: the 3x3 "same" conv
+    # of each (the 1x1 convs add nothing; keras' v1 puts the stride on the first 1x1).
+    layers = [(1, 1, 3), (7, 2, 0), (1, 1, 1), (3, 2, 0)]
+    for stage, blocks in enumerate((3, 4, 6, 3)):
+        for i in range(blocks):
+            stride = 2 if i == 0 and stage > 0 else 1
+            layers += [(1, stride, 0), (3, 1, 1)]
+    assert _by_hand(layers) == (483, 32, 0)  # 483: Araujo et al. (Distill, 2019), ResNet-50
+    model = _APPS.ResNet50(weights=None, include_top=False, input_shape=(64, 64, 3))
+    assert receptive_field(model) == ReceptiveField((483, 483), (32, 32), (0, 0))
+
+
+def test_dilation_and_non_square_kernels():
+    inputs = keras.Input((32, 32, 1))
+    x = keras.layers.Conv2D(1, (3, 1), dilation_rate=(2, 1), padding="valid", name="a")(inputs)
+    x = keras.layers.Conv2D(1, (1, 5), strides=(1, 2), padding="valid", name="b")(x)
+    x = keras.layers.Conv2D(1, 3, dilation_rate=3, padding="valid", name="c")(x)
+    model = keras.Model(inputs, x)
+    # height: k_eff 5, 1, 7 -> 1 + 4 + 0 + 6 = 11; width: k 1, 5 (then jump 2), k_eff 7 ->
+    # 1 + 0 + 4 + 6 * 2 = 17. Centres (valid): height 2 + 0 + 3 = 5; width 0 + 2 + 3 * 2 = 8.
+    assert receptive_field(model, "c") == ReceptiveField((11, 17), (1, 2), (5, 8))
+
+
+def test_concatenate_of_different_fields_takes_the_envelope():
+    inputs = keras.Input((16, 16, 1))
+    a = keras.layers.Conv2D(1, 3, padding="same", name="a")(inputs)
+    b = keras.layers.Conv2D(1, 7, padding="same", name="b")(inputs)
+    x = keras.layers.Concatenate(name="cat")([a, b])
+    model = keras.Model(inputs, x)
+    assert receptive_field(model, "cat") == ReceptiveField((7, 7), (1, 1), (0, 0))
+
+
+def test_verbose_prints_a_table(capsys):
+    receptive_field(ResNet18((64, 64, 3), include_top=False), "conv2_block1_out", verbose=True)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["layer", "type", "k_eff", "stride", "size", "jump", "start"]
+    assert lines[-1].split() == ["conv2_block1_out", "Activation", "27", "4", "0"]
+
+
+def test_errors():
+    model = _APPS.MobileNetV2(weights=None, include_top=True, input_shape=(96, 96, 3))
+    with pytest.raises(ValueError, match="layer_name='nope'"):
+        receptive_field(model, "nope")
+    with pytest.raises(ValueError, match="4-D"):
+        receptive_field(model, "predictions")
+    inputs = keras.Input((16, 16, 1))
+    x = keras.layers.Conv2DTranspose(1, 3, name="up")(inputs)
+    with pytest.raises(ValueError, match="'up' \\(Conv2DTranspose\\)"):
+        receptive_field(keras.Model(inputs, x))

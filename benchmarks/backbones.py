@@ -4,7 +4,9 @@ Both models are built with the same weights (ours gets keras.applications' weigh
 (1) in Keras, a compiled `tf.function` forward pass (`training=False`), batch 8 at 224x224, and
 (2) as float32 TFLite models (builtin ops) in the LiteRT interpreter, batch 1 at 224x224.
 Calls are interleaved (ours, theirs, ours, ...) and the median of the repeats is reported, with
-the ratio ours / keras.applications (goal: <= 1.02). Outputs are checked to agree first.
+the ratio ours / keras.applications (goal: <= 1.02). Outputs are checked to agree first. An A/A
+row times a second keras.applications model against the first: its distance from 1.0 is the
+noise of the machine.
 
 Run: .venv/bin/python benchmarks/backbones.py [--quick]
 """
@@ -32,7 +34,10 @@ def build():
     theirs = keras.applications.MobileNetV2(input_shape=(SIZE, SIZE, 3), weights=None)
     ours = MobileNetV2((SIZE, SIZE, 3))
     ours.set_weights(theirs.get_weights())
-    return ours, theirs
+    # A second keras.applications model: timing it against the first shows the noise floor.
+    control = keras.applications.MobileNetV2(input_shape=(SIZE, SIZE, 3), weights=None)
+    control.set_weights(theirs.get_weights())
+    return ours, theirs, control
 
 
 def keras_runner(model, x):
@@ -64,8 +69,9 @@ def interleaved(ours, theirs, repeats, warmup=3):
         ours()
         theirs()
     times = {"ours": [], "theirs": []}
-    for _ in range(repeats):
-        for key, fn in (("ours", ours), ("theirs", theirs)):
+    pairs = (("ours", ours), ("theirs", theirs))
+    for i in range(repeats):
+        for key, fn in pairs if i % 2 == 0 else pairs[::-1]:  # alternate who goes first
             start = time.perf_counter()
             fn()
             times[key].append(time.perf_counter() - start)
@@ -74,7 +80,7 @@ def interleaved(ours, theirs, repeats, warmup=3):
 
 def main(quick=False):
     repeats = 5 if quick else 30
-    ours, theirs = build()
+    ours, theirs, control = build()
     rng = np.random.default_rng(0)
     rows = []
     for label, runner, batch in (("Keras tf.function, batch 8", keras_runner, 8),
@@ -85,10 +91,12 @@ def main(quick=False):
         assert diff <= 1e-5, f"{label}: outputs differ by {diff}"
         t_ours, t_theirs = interleaved(run_ours, run_theirs, repeats)
         rows.append((label, t_ours * 1e3, t_theirs * 1e3, t_ours / t_theirs))
+        t_ctrl, t_theirs = interleaved(runner(control, x), run_theirs, repeats)
+        rows.append((label + " (A/A control)", t_ctrl * 1e3, t_theirs * 1e3, t_ctrl / t_theirs))
     print(f"MobileNetV2 1.0 at {SIZE}x{SIZE}, median of {repeats} interleaved repeats")
-    print(f"{'setting':30s} {'kcv ms':>9s} {'keras.apps ms':>14s} {'ratio':>7s}")
+    print(f"{'setting':45s} {'kcv ms':>9s} {'keras.apps ms':>14s} {'ratio':>7s}")
     for label, a, b, r in rows:
-        print(f"{label:30s} {a:9.2f} {b:14.2f} {r:7.3f}")
+        print(f"{label:45s} {a:9.2f} {b:14.2f} {r:7.3f}")
 
 
 if __name__ == "__main__":

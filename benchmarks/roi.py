@@ -2,8 +2,9 @@
 
 Forward + backward (gradient with respect to the features) for 512 RoIs on [2, 50, 68, 256]
 features, 7x7 output, sampling_ratio=2, spatial_scale=1/16, both in `tf.function`, measured in
-the same run, interleaved, median of repeats. Then time against K = 64 ... 4096, and the peak
-memory (max RSS of a fresh process) of the custom gradient vs the autodiff reference.
+the same run, interleaved, median of repeats; also forward alone, so that the backward is the
+difference. Then time against K = 64 ... 4096, and the peak memory (max RSS of a fresh process
+per K and op) of the custom gradient vs the autodiff reference.
 
 Run: .venv/bin/python benchmarks/roi.py [--quick]
 """
@@ -68,23 +69,41 @@ def baseline_fn():
     return step
 
 
+def forward_fn(op=None):
+    """Forward only: ours (op) or, with op=None, the baseline."""
+
+    @tf.function
+    def step(feats, boxes, idx):
+        if op is not None:
+            return op(feats, boxes, idx, OUT, SCALE, RATIO, True)
+        norm = boxes / tf.constant([IMAGE_H, IMAGE_W, IMAGE_H, IMAGE_W], tf.float32)
+        crops = tf.image.crop_and_resize(feats, norm, idx, [2 * OUT, 2 * OUT])
+        return tf.nn.avg_pool2d(crops, 2, 2, "VALID")
+
+    return step
+
+
 def timed(fn, args):
     start = time.perf_counter()
-    out, grad = fn(*args)
-    _ = grad.numpy()
+    result = fn(*args)
+    _ = (result[-1] if isinstance(result, tuple) else result).numpy()
     return time.perf_counter() - start
 
 
-def compare(k, repeats):
+def compare(k, repeats, split=False):
+    """Median seconds {name: t}; fwd+bwd for ours/base, and forward only when `split`."""
     args = make_inputs(k)
-    ours, base = ours_fn(), baseline_fn()
-    for fn in (ours, base):  # trace + warm up
-        timed(fn, args)
-    t_ours, t_base = [], []
-    for _ in range(repeats):
-        t_ours.append(timed(ours, args))
-        t_base.append(timed(base, args))
-    return float(np.median(t_ours)), float(np.median(t_base))
+    fns = {"ours": (ours_fn(), args), "base": (baseline_fn(), args)}
+    if split:
+        fns["ours_fwd"] = (forward_fn(custom_ops.roi_align), args[:3])
+        fns["base_fwd"] = (forward_fn(), args[:3])
+    for fn, a in fns.values():  # trace + warm up (and XLA-compile ours)
+        timed(fn, a)
+    times = {name: [] for name in fns}
+    for _ in range(repeats):  # interleaved
+        for name, (fn, a) in fns.items():
+            times[name].append(timed(fn, a))
+    return {name: float(np.median(t)) for name, t in times.items()}
 
 
 _MEMORY_CHILD = """
@@ -113,32 +132,46 @@ def peak_memory_mb(op_name, k):
 
 def main():
     quick = "--quick" in sys.argv
-    repeats = 3 if quick else 9
+    repeats = 5 if quick else 15
     print(f"RoIAlign fwd+bwd, features [{N}, {H}, {W}, {C}], {OUT}x{OUT}, sampling_ratio={RATIO}, "
           f"spatial_scale=1/16, tf.function on CPU ({os.cpu_count()} cores, shared machine)")
     # Exactness: our op vs the baseline is not expected to agree (the baseline is off by half a
     # pixel and uses crop_and_resize's corner-aligned sampling); ours matches the definition.
-    t_ours, t_base = compare(512, repeats)
-    print(f"K=512: ours {t_ours * 1e3:.1f} ms, crop_and_resize+avgpool {t_base * 1e3:.1f} ms, "
-          f"ratio ours/baseline = {t_ours / t_base:.2f}")
-    print("K scaling (median ms, ours / baseline / ratio / ours per RoI in us):")
+    t = compare(512, repeats, split=True)
+    bwd_ours, bwd_base = t["ours"] - t["ours_fwd"], t["base"] - t["base_fwd"]
+    print(f"K=512 fwd+bwd: ours {t['ours'] * 1e3:.1f} ms, crop_and_resize+avgpool "
+          f"{t['base'] * 1e3:.1f} ms, ratio ours/baseline = {t['ours'] / t['base']:.2f}")
+    print(f"  forward only: ours {t['ours_fwd'] * 1e3:.1f} ms, baseline {t['base_fwd'] * 1e3:.1f} "
+          f"ms, ratio {t['ours_fwd'] / t['base_fwd']:.2f}")
+    print(f"  backward (fwd+bwd - fwd): ours {bwd_ours * 1e3:.1f} ms, baseline "
+          f"{bwd_base * 1e3:.1f} ms, ratio {bwd_ours / max(bwd_base, 1e-9):.2f}")
+    print("K scaling (median ms, fwd+bwd ours / baseline / ratio / ours per RoI in us):")
     ks = (64, 256, 1024) if quick else (64, 128, 256, 512, 1024, 2048, 4096)
     for k in ks:
-        o, b = compare(k, max(3, repeats // 3))
+        t = compare(k, max(3, repeats // 3))
+        o, b = t["ours"], t["base"]
         print(f"  K={k:5d}: {o * 1e3:8.1f} / {b * 1e3:8.1f} / {o / b:5.2f} / {o / k * 1e6:7.1f}")
-    print("Peak memory: max RSS of a fresh process running one fwd+bwd step (MB, same inputs):")
-    for k in (512, 2048):
-        custom = peak_memory_mb("custom", k)
-        ref = peak_memory_mb("reference", k)
-        print(f"  K={k:5d}: custom gradient {custom:7.1f} MB, autodiff reference {ref:7.1f} MB, "
-              f"difference {ref - custom:.0f} MB")
-    kept = 4 * _BYTES_PER_TAP * 512 * (OUT * RATIO) ** 2 / 2**20
-    print(f"Tensors the custom gradient keeps for backward at K=512: int32 indices + float32 "
-          f"weights of 4 corners = {kept:.1f} MB (the autodiff reference keeps the gathered "
-          f"[4, K, 14, 14, C] samples: {4 * 512 * 196 * C * 4 / 2**20:.0f} MB)")
+    print("Peak memory: max RSS of a fresh process running one fwd+bwd step (MB, same inputs; "
+          "one process per K and op):")
+    for k in (512,) if quick else (512, 2048, 4096):
+        row = {}
+        for name in ("custom", "reference"):
+            try:
+                row[name] = f"{peak_memory_mb(name, k):7.1f} MB"
+            except RuntimeError as err:  # e.g. out of memory: report it, keep going
+                row[name] = f"failed ({str(err).strip().splitlines()[-1][:80]})"
+        print(f"  K={k:5d}: custom gradient {row['custom']}, autodiff reference "
+              f"{row['reference']}")
+    taps = 4 * RATIO * RATIO
+    kept = _BYTES_PER_TAP * taps * 512 * OUT * OUT / 2**20
+    print(f"Tensors the custom gradient keeps for backward at K=512: int32 index + float32 "
+          f"weight of {taps} taps per bin = {kept:.1f} MB (the autodiff reference keeps "
+          f"what the plain ops' gradients need: the same indices and weights, and its "
+          f"gradient materialises the weighted [{taps}, K*49, C] updates: "
+          f"{taps * 512 * 49 * C * 4 / 2**20:.0f} MB)")
 
 
-_BYTES_PER_TAP = 4 + 4  # int32 index + float32 weight per corner per sample
+_BYTES_PER_TAP = 4 + 4  # int32 index + float32 weight per tap
 
 if __name__ == "__main__":
     main()

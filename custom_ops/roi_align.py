@@ -247,6 +247,10 @@ def roi_align(features, boxes, box_indices, output_size, spatial_scale=1.0, samp
     gradient goes to the four neighbours of each sample with weights `(1 - dy)(1 - dx)`, ...).
     No gradient flows to `boxes` (as in torchvision and Detectron2).
 
+    Speed: with a fixed `sampling_ratio`, outside `jit_compile=True` and outside a SavedModel
+    or TFLite export, the gather and the gradient scatter run as small XLA programs (one per
+    power-of-two bucket of K, compiled on first use); see docs/roi.md.
+
     Args:
         features: float Tensor [N, H, W, C] (NHWC) with static H and W.
         boxes: float Tensor [K, 4] of `[y1, x1, y2, x2]` in the pixel coordinates of the image

@@ -272,6 +272,41 @@ def test_tflite_builtins_only_and_litert_parity():
         np.testing.assert_array_equal(got[0][b, : len(keep)], keep)
 
 
+@pytest.mark.slow
+def test_compiled_core_converts_from_concrete_function():
+    """Outside XLA and outside a SavedModel export, the loop runs as an inner XLA program; the
+    TFLite converter inlines it (builtins only) and LiteRT gives the NumPy greedy answer."""
+    boxes, scores = random_problem(64, 22)
+
+    @tf.function(input_signature=[tf.TensorSpec([64, 4]), tf.TensorSpec([64])])
+    def run(b, s):
+        idx, num = custom_ops.nms(b, s, 0.5, max_output_size=20, pad_to_max_output_size=True)
+        sidx, ss, snum = custom_ops.soft_nms(b, s, max_output_size=20, pad_to_max_output_size=True)
+        return idx, num, sidx, ss, snum
+
+    graph = run.get_concrete_function().graph.as_graph_def()
+    assert any(f.attr["_XlaMustCompile"].b for f in graph.library.function)  # compiled path
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([run.get_concrete_function()], run)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    content = converter.convert()
+    ops = export.tflite_ops(content)
+    assert not [op for op in ops if op.startswith("Flex") or op == "CUSTOM"], ops
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_content=content)
+    interpreter.allocate_tensors()
+    for detail, value in zip(interpreter.get_input_details(), (boxes, scores)):
+        interpreter.set_tensor(detail["index"], value)
+    interpreter.invoke()
+    got = [interpreter.get_tensor(d["index"]) for d in interpreter.get_output_details()]
+    for e, g in zip(run(boxes, scores), got):
+        np.testing.assert_allclose(g, e.numpy(), atol=1e-5)
+    keep = np_greedy(boxes, scores, 0.5)[0][:20]
+    np.testing.assert_array_equal(got[0][: len(keep)], keep)
+    np_idx = np_soft(boxes, scores, 0.5, "gaussian", 0.3, 1e-3)[0][:20]
+    np.testing.assert_array_equal(got[2][: len(np_idx)], np_idx)
+
+
 def test_errors():
     boxes, scores = random_problem(5, 21)
     with pytest.raises(ValueError, match=r"`iou_threshold` must be in \[0.0, 1.0\]. Received: iou_threshold=1.5"):

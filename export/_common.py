@@ -41,7 +41,10 @@ def input_names(model):
 
 
 def output_names(model):
-    """Names for a model's outputs: the Keras output layer names, made unique."""
+    """Names for a model's outputs: the dict keys for a dict-output model (sorted, the order in
+    which Keras flattens a dict), otherwise the Keras output layer names, made unique."""
+    if isinstance(getattr(model, "output", None), dict):
+        return sorted(model.output)
     names = []
     for i, out in enumerate(model.outputs):
         hist = getattr(out, "_keras_history", None)
@@ -69,15 +72,10 @@ def prepare_path(path, overwrite):
     return path
 
 
-def serving_function(model, specs):
-    """A `tf.function` calling the model in inference mode, returning a dict of named outputs."""
-    names = output_names(model)
-
-    @tf.function(input_signature=specs)
-    def serve(*args):
-        outputs = model(list(args) if len(args) > 1 else args[0], training=False)
-        if not isinstance(outputs, (list, tuple)):
-            outputs = [outputs]
-        return {name: tf.identity(out, name=name) for name, out in zip(names, outputs)}
-
-    return serve
+def named_outputs(model, outputs):
+    """The outputs of `model(...)` as a dict keyed by `output_names(model)`."""
+    if isinstance(outputs, dict):
+        return {name: outputs[name] for name in output_names(model)}
+    if not isinstance(outputs, (list, tuple)):
+        outputs = [outputs]
+    return dict(zip(output_names(model), outputs))

@@ -3,14 +3,14 @@
 import keras
 import tensorflow as tf
 
-from export._common import input_specs, output_names, prepare_path
+from export._common import input_specs, named_outputs, prepare_path
 
 
 def to_saved_model(model, path, overwrite=False, batch_size=None):
     """Writes `model` as a SavedModel with a `serving_default` signature.
 
     The signature takes the model's inputs by their Keras input names (e.g. `image`) and returns a
-    dict keyed by the output layer names. The SavedModel holds the traced graph and the weights
+    dict keyed by the output layer names (or by the keys of a dict-output model). The SavedModel holds the traced graph and the weights
     only, so a process that cannot import kcv (TF Serving, `tf.saved_model.load`) runs it.
 
     Args:
@@ -32,13 +32,10 @@ def to_saved_model(model, path, overwrite=False, batch_size=None):
 
 def write_saved_model(model, path, specs):
     """Writes the `serving_default` SavedModel of `model` for the given input specs."""
-    names = output_names(model)
 
     def serve(*args):
-        outputs = model(list(args) if len(args) > 1 else args[0], training=False)
-        if not isinstance(outputs, (list, tuple)):
-            outputs = [outputs]
-        return {name: out for name, out in zip(names, outputs)}
+        return named_outputs(model, model(list(args) if len(args) > 1 else args[0],
+                                          training=False))
 
     archive = keras.export.ExportArchive()
     archive.track(model)

@@ -5,7 +5,7 @@ import time
 
 import numpy as np
 
-from export._common import input_names, output_names
+from export._common import input_names, named_outputs, output_names
 from export.tflite import _interpreter, run_tflite
 
 _BUILTIN_EXCLUDE = ("Flex", "CUSTOM")
@@ -39,9 +39,9 @@ def verify(model, tflite_path, inputs, num_runs=20, metric_fn=None):
     """
     arrays = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
     arrays = [np.asarray(a) for a in arrays]
-    keras_out = model(arrays if len(arrays) > 1 else arrays[0], training=False)
-    keras_out = keras_out if isinstance(keras_out, (list, tuple)) else [keras_out]
-    keras_out = [np.asarray(o, dtype=np.float32) for o in keras_out]
+    keras_out = named_outputs(model, model(arrays if len(arrays) > 1 else arrays[0],
+                                           training=False))
+    keras_out = [np.asarray(o, dtype=np.float32) for o in keras_out.values()]
     lite_out = run_tflite(tflite_path, arrays, output_names=output_names(model),
                           input_names=input_names(model))
     diff = max(float(np.max(np.abs(k - t))) if k.size else 0.0 for k, t in zip(keras_out, lite_out))

@@ -26,6 +26,8 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _as_list(x):
+    if isinstance(x, dict):  # Keras flattens dict outputs in sorted key order
+        return [x[k] for k in sorted(x)]
     return list(x) if isinstance(x, (list, tuple)) else [x]
 
 

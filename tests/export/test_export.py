@@ -144,3 +144,17 @@ def test_bad_arguments(unet):
         export.convert_to_tflite(unet, quantization="int4")
     with pytest.raises(ValueError, match="inputs"):
         export.run_tflite(export.convert_to_tflite(unet), [np.zeros((1, 16, 16, 3))] * 2)
+
+
+def test_dict_output_models_export(tmp_path):
+    inputs = keras.Input((8, 8, 3), name="image")
+    c2 = keras.layers.Conv2D(2, 3, strides=2, padding="same", name="c2conv")(inputs)
+    c3 = keras.layers.Conv2D(4, 3, strides=2, padding="same", name="c3conv")(c2)
+    model = keras.Model(inputs, {"C3": c3, "C2": c2})
+    assert export.output_names(model) == ["C2", "C3"]
+    x = np.random.rand(2, 8, 8, 3).astype("float32")
+    report = export.verify(model, export.convert_to_tflite(model, batch_size=2), x, num_runs=1)
+    assert report["max_abs_diff"] <= 1e-5
+    path = export.to_saved_model(model, tmp_path / "sm")
+    out = tf.saved_model.load(path).signatures["serving_default"](image=tf.constant(x))
+    np.testing.assert_allclose(out["C3"], model(x)["C3"], atol=1e-6)

@@ -380,37 +380,65 @@ def _hard_family(name, boxes, scores, classes, iou_threshold, score_threshold, m
         return _outputs(prep, kept_pos, count, max_output_size, pad, extras)
 
 
+_SOFT_BLOCK = 8
+
+
 def _soft_core(boxes, current, valid, limit, score_threshold, sigma, iou_threshold, method, tile):
-    """Soft-NMS over sorted boxes, one selection per step: `(taken_pos, taken_scores, count)`."""
+    """Soft-NMS over sorted boxes: `(taken_pos, taken_scores, count)`.
+
+    Several selections per step, exactly as one at a time: take the `k` highest current scores
+    `c_1..c_k` (ties: lower position first, as `argmax`) and the decays of every box by each of
+    them (`[k, N]`). `c_1` is the next selection. `c_b` is selected right after `c_1..c_(b-1)`
+    when none of them changed its score (decay exactly 1.0, e.g. IoU 0) and its score is > 0:
+    decays never raise a non-negative score, and a negative score only rises towards 0, so no
+    other box can overtake `c_b`. The decays of the selected boxes are then applied one after
+    the other (the same products, in the same order, as one selection per step), and the
+    selected boxes are removed.
+    """
     del tile  # only the length unit of `_run`'s padding
-    current = tf.where(valid, current, float("-inf"))
+    # `_prepare` pads a non-empty input to >= 8 boxes (512 when the length is not static).
+    k = _SOFT_BLOCK if boxes.shape[1] is None else min(_SOFT_BLOCK, boxes.shape[1])
+    neg_inf = float("-inf")
+    current = tf.where(valid, current, neg_inf)
     npad = tf.shape(boxes)[1]
     rows = tf.range(npad)
-    y1, x1, y2, x2, _ = tf.unstack(boxes, 5, axis=-1)
+    lanes = tf.range(k)
+    earlier = lanes[:, None] < lanes[None, :]  # [a, b]: a is before b
+    y1, x1, y2, x2, _ = tf.unstack(boxes[:, None], 5, axis=-1)  # [B, 1, N]
     area = (y2 - y1) * (x2 - x1)
 
     def step(i, current, count, taken_pos, taken_scores):
         old = [current, count, taken_pos, taken_scores]
-        best = tf.argmax(current, axis=1, output_type=tf.int32)
-        best_score = tf.gather(current, best[:, None], batch_dims=1)[:, 0]
-        live = (best_score > score_threshold) & (count < limit)
-        b = tf.gather(boxes, best[:, None], batch_dims=1)  # [B, 1, 5]
+        top, cand = tf.math.top_k(current, k)  # [B, k]
+        b = tf.gather(boxes, cand, batch_dims=1)[:, :, None]  # [B, k, 1, 5]
         by1, bx1, by2, bx2, _ = tf.unstack(b, 5, axis=-1)
         inter = (tf.nn.relu(tf.minimum(y2, by2) - tf.maximum(y1, by1))
                  * tf.nn.relu(tf.minimum(x2, bx2) - tf.maximum(x1, bx1)))
-        iou = tf.math.divide_no_nan(inter, area + (by2 - by1) * (bx2 - bx1) - inter)
+        iou = tf.math.divide_no_nan(inter, area + (by2 - by1) * (bx2 - bx1) - inter)  # [B, k, N]
         if method == "gaussian":
             decay = tf.exp(-tf.square(iou) / sigma)
         else:
             decay = tf.where(iou >= iou_threshold, 1.0 - iou, 1.0)
-        chosen = tf.equal(rows[None], best[:, None])
-        decayed = tf.where(chosen, float("-inf"), current * decay)
-        decayed = tf.where(decayed > score_threshold, decayed, float("-inf"))
-        current = tf.where(live[:, None], decayed, current)
-        slot = tf.equal(rows[None], count[:, None]) & live[:, None]
-        taken_pos = tf.where(slot, best[:, None], taken_pos)
-        taken_scores = tf.where(slot, best_score[:, None], taken_scores)
-        new = [current, count + tf.cast(live, tf.int32), taken_pos, taken_scores]
+        among = tf.gather(decay, cand, batch_dims=1, axis=2)  # [B, k (a), k (b)]
+        touched = tf.reduce_any(tf.not_equal(among, 1.0) & earlier[None], axis=1)
+        ok = (~touched & (top > score_threshold) & ((lanes[None] == 0) | (top > 0.0))
+              & (count[:, None] + lanes[None] < limit))
+        num = tf.reduce_min(tf.where(ok, k, lanes[None]), axis=1)  # leading run of `ok`, [B]
+        taken = (lanes[None] < num[:, None])[:, :, None] & tf.equal(cand[:, :, None], rows[None, None])
+        current = tf.where(tf.reduce_any(taken, axis=1), neg_inf, current)
+
+        def apply(a, current):
+            decayed = current * tf.gather(decay, a, axis=1)
+            decayed = tf.where(decayed > score_threshold, decayed, neg_inf)
+            return a + 1, _same_shapes([tf.where((a < num)[:, None], decayed, current)],
+                                       [current])[0]
+
+        _, current = tf.while_loop(lambda a, _: a < tf.reduce_max(num), apply, [0, current])
+        at = tf.clip_by_value(rows[None] - count[:, None], 0, k - 1)
+        slot = (rows[None] >= count[:, None]) & (rows[None] < (count + num)[:, None])
+        taken_pos = tf.where(slot, tf.gather(cand, at, batch_dims=1), taken_pos)
+        taken_scores = tf.where(slot, tf.gather(top, at, batch_dims=1), taken_scores)
+        new = [current, count + num, taken_pos, taken_scores]
         return (i + 1, *_same_shapes(new, old))
 
     def more(i, current, count, *_):

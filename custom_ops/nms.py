@@ -50,13 +50,13 @@ def _run(core, static, tensors, bucket_axis_1=()):
     when the caller is neither itself under XLA (the core then joins the caller's program) nor
     writing a SavedModel (which should stay portable plain TF; TFLite export goes through it).
     The TFLite converter also accepts the compiled function (it inlines it, builtins only).
-    Inputs listed in `bucket_axis_1` are zero-padded on axis 1 to a power of two times their
-    static-free length unit, so a varying number of boxes compiles O(log N) programs; outputs
-    are cut back.
+    When the length is not fixed by the graph (eager calls, or an unknown static length),
+    inputs listed in `bucket_axis_1` are zero-padded on axis 1 to a power of two times the tile
+    size, so a varying number of boxes compiles O(log N) programs; outputs are cut back.
     """
     if _in_xla_context() or _in_save_context():
         return core(*tensors, *static)
-    if bucket_axis_1:
+    if bucket_axis_1 and (tf.executing_eagerly() or tensors[bucket_axis_1[0]].shape[1] is None):
         length = tf.shape(tensors[bucket_axis_1[0]])[1]
         bucket = _padded_bins(length, static[-1])  # static[-1]: the tile size
         tensors = list(tensors)

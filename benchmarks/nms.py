@@ -2,7 +2,8 @@
 
 Random boxes (centres uniform in a 1000x1000 image, sides uniform in [10, 300]), uniform scores,
 IoU threshold 0.5, no output limit (max_output_size = number of boxes). Each function runs
-inside a `tf.function` (ours also under `jit_compile=True` with padded output); timings are the
+inside a plain `tf.function` ("ours": the default path, whose loop runs as an inner XLA program)
+and ours also under an outer `jit_compile=True` with padded output ("ours XLA"); timings are the
 median of interleaved repeats (ours, baseline, ours, ...), so that load from other processes
 hits both sides alike.
 

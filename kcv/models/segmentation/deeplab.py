@@ -5,6 +5,11 @@ import copy
 import keras
 
 from kcv.layers.aspp import ASPP
+from kcv.models.segmentation._checks import (
+    check_input_shape,
+    check_positive_ints,
+    output_activation_layer,
+)
 
 _BACKBONES = ("mobilenet_v2", "resnet50")
 _OUTPUT_STRIDES = (8, 16, 32)
@@ -122,7 +127,10 @@ def DeepLabV3(input_shape, num_classes, backbone="mobilenet_v2", output_stride=1
         output_stride: 8, 16 (default) or 32 (no atrous stage).
         alpha: MobileNetV2 width multiplier.
         filters: ASPP (and decoder) width; the paper: 256.
-        rates: atrous rates at output stride 16; the paper: (6, 12, 18).
+        rates: atrous rates at output stride 16; the paper: (6, 12, 18), for 513-pixel crops
+            (a 33x33 map). Scale them down with smaller inputs: a rate beyond the map leaves
+            only the centre tap (a 1x1 convolution, as the seed notes say), and TF on CPU pads
+            the map to a multiple of the rate (space_to_batch), which costs time.
         decoder: add the DeepLabV3+ decoder.
         decoder_filters: channels of the reduced low-level features (the paper: 48).
         dropout: dropout after the ASPP projection (and the decoder).
@@ -150,10 +158,8 @@ def DeepLabV3(input_shape, num_classes, backbone="mobilenet_v2", output_stride=1
     if output_stride not in _OUTPUT_STRIDES:
         raise ValueError(f"`output_stride` must be one of {_OUTPUT_STRIDES}. "
                          f"Received: output_stride={output_stride!r}")
-    for key, value in (("num_classes", num_classes), ("filters", filters),
-                       ("decoder_filters", decoder_filters)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"`{key}` must be a positive int. Received: {key}={value!r}")
+    check_positive_ints(num_classes=num_classes, filters=filters,
+                        decoder_filters=decoder_filters)
     if not isinstance(rates, (list, tuple)) or not rates or any(
             isinstance(r, bool) or not isinstance(r, int) or r < 1 for r in rates):
         raise ValueError(f"`rates` must be positive ints. Received: rates={rates!r}")
@@ -162,16 +168,8 @@ def DeepLabV3(input_shape, num_classes, backbone="mobilenet_v2", output_stride=1
                          f"Received: rates={rates!r}")
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"`dropout` must be in [0, 1). Received: dropout={dropout!r}")
-    if len(input_shape) != 3:
-        raise ValueError(f"`input_shape` must be (H, W, C). Received: input_shape={input_shape!r}")
-    for dim, size in zip(("height", "width"), input_shape[:2]):
-        if size is None or size % 32:
-            raise ValueError(
-                f"The input {dim} must be known and divisible by 32 (the backbone downsamples "
-                f"by 32 before dilation). Received: input_shape={tuple(input_shape)}"
-            )
-    if output_activation == "auto":
-        output_activation = "sigmoid" if num_classes == 1 else "softmax"
+    check_input_shape(input_shape, 32, "32 (the backbone downsamples by 32 before dilation)",
+                      known=True)
     scaled_rates = tuple(r * 16 // output_stride for r in rates)
 
     # === Functional Model ===
@@ -192,8 +190,7 @@ def DeepLabV3(input_shape, num_classes, backbone="mobilenet_v2", output_stride=1
         factor = output_stride
     x = keras.layers.Conv2D(num_classes, 1, name="classifier")(x)
     x = keras.layers.UpSampling2D(factor, interpolation="bilinear", name="upsample")(x)
-    x = keras.layers.Activation(output_activation or "linear", dtype="float32",
-                                name="probabilities" if output_activation else "logits")(x)
+    x = output_activation_layer(x, num_classes, output_activation)
     return keras.Model(inputs, x, name=name)
 
 

@@ -2,6 +2,12 @@
 
 import keras
 
+from kcv.models.segmentation._checks import (
+    check_input_shape,
+    check_positive_ints,
+    output_activation_layer,
+)
+
 _BN_EPSILON = 1e-5
 
 
@@ -106,10 +112,8 @@ def HRNet(input_shape, num_classes, width=18, num_modules=(1, 1, 4, 3), num_bloc
         Pixels and Regions" (HRNetV2), arXiv:1904.04514.
     """
     # === Validate ===
-    for key, value in (("num_classes", num_classes), ("width", width),
-                       ("num_blocks", num_blocks), ("stem_filters", stem_filters)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"`{key}` must be a positive int. Received: {key}={value!r}")
+    check_positive_ints(num_classes=num_classes, width=width, num_blocks=num_blocks,
+                        stem_filters=stem_filters)
     modules = tuple(num_modules) if isinstance(num_modules, (list, tuple)) else ()
     if (len(modules) != 4 or modules[0] != 1
             or any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in modules)):
@@ -117,16 +121,7 @@ def HRNet(input_shape, num_classes, width=18, num_modules=(1, 1, 4, 3), num_bloc
             "`num_modules` must be 4 positive ints (modules in stages 1..4) with 1 in stage 1. "
             f"Received: num_modules={num_modules!r}"
         )
-    if len(input_shape) != 3:
-        raise ValueError(f"`input_shape` must be (H, W, C). Received: input_shape={input_shape!r}")
-    for dim, size in zip(("height", "width"), input_shape[:2]):
-        if size is None or size % 32:
-            raise ValueError(
-                f"The input {dim} must be known and divisible by 32 (the lowest branch runs at "
-                f"1/32). Received: input_shape={tuple(input_shape)}"
-            )
-    if output_activation == "auto":
-        output_activation = "sigmoid" if num_classes == 1 else "softmax"
+    check_input_shape(input_shape, 32, "32 (the lowest branch runs at 1/32)", known=True)
     widths = [width * 2**k for k in range(4)]
 
     # === Functional Model ===
@@ -165,8 +160,7 @@ def HRNet(input_shape, num_classes, width=18, num_modules=(1, 1, 4, 3), num_bloc
     x = _conv_bn(x, sum(widths), 1, "head_mix")
     x = keras.layers.Conv2D(num_classes, 1, name="classifier")(x)
     x = keras.layers.UpSampling2D(4, interpolation="bilinear", name="upsample")(x)
-    x = keras.layers.Activation(output_activation or "linear", dtype="float32",
-                                name="probabilities" if output_activation else "logits")(x)
+    x = output_activation_layer(x, num_classes, output_activation)
     return keras.Model(inputs, x, name=name)
 
 

@@ -2,6 +2,11 @@
 
 import keras
 
+from kcv.models.segmentation._checks import (
+    check_input_shape,
+    check_positive_ints,
+    output_activation_layer,
+)
 from kcv.models.segmentation.unet import _NORMS, _UPSAMPLING, _conv_block
 
 
@@ -57,27 +62,13 @@ def UNetPlusPlus(input_shape, num_classes, filters=32, depth=4, deep_supervision
         Medical Image Segmentation", DLMIA 2018 (arXiv:1807.10165).
     """
     # === Validate ===
-    if not isinstance(depth, int) or isinstance(depth, bool) or depth < 1:
-        raise ValueError(f"`depth` must be a positive int. Received: depth={depth!r}")
-    if not isinstance(filters, int) or isinstance(filters, bool) or filters < 1:
-        raise ValueError(f"`filters` must be a positive int. Received: filters={filters!r}")
-    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
-        raise ValueError(f"`num_classes` must be a positive int. Received: num_classes={num_classes!r}")
+    check_positive_ints(depth=depth, filters=filters, num_classes=num_classes)
     if norm not in _NORMS:
         raise ValueError(f"`norm` must be one of {_NORMS}. Received: norm={norm!r}")
     if upsampling not in _UPSAMPLING:
         raise ValueError(f"`upsampling` must be one of {_UPSAMPLING}. Received: upsampling={upsampling!r}")
-    if len(input_shape) != 3:
-        raise ValueError(f"`input_shape` must be (H, W, C). Received: input_shape={input_shape!r}")
-    factor = 2**depth
-    for dim, size in zip(("height", "width"), input_shape[:2]):
-        if size is not None and size % factor:
-            raise ValueError(
-                f"The input {dim} must be divisible by 2**depth = {factor} (UNet++ halves the "
-                f"resolution {depth} times). Received: input_shape={tuple(input_shape)}"
-            )
-    if output_activation == "auto":
-        output_activation = "sigmoid" if num_classes == 1 else "softmax"
+    check_input_shape(input_shape, 2**depth, f"2**depth = {2**depth} (UNet++ halves the "
+                      f"resolution {depth} times)")
 
     # === Functional Model ===
     inputs = keras.Input(shape=tuple(input_shape), name="image")
@@ -104,8 +95,7 @@ def UNetPlusPlus(input_shape, num_classes, filters=32, depth=4, deep_supervision
     heads = []
     for j in range(1 if deep_supervision else depth, depth + 1):
         y = keras.layers.Conv2D(num_classes, 1, name=f"head{j}")(nodes[0, j])
-        y = keras.layers.Activation(output_activation or "linear", dtype="float32",
-                                    name=f"level{j}")(y)
+        y = output_activation_layer(y, num_classes, output_activation, name=f"level{j}")
         heads.append(y)
     return keras.Model(inputs, heads if deep_supervision else heads[0], name=name)
 

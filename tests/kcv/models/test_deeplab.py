@@ -101,8 +101,8 @@ def test_shared_layer_routine():
     # here; `test_trains_on_synthetic_shapes_under_mixed_precision` checks training under
     # mixed_float16 over several steps.
     x = np.random.default_rng(0).random((2, 32, 32, 3)).astype("float32")
-    check_layer(lambda: DeepLabV3((32, 32, 3), 3, alpha=0.35, filters=8, decoder=True,
-                                  decoder_filters=4), x, train=False)
+    check_layer(lambda: DeepLabV3((32, 32, 3), 3, alpha=0.35, filters=8, rates=(1, 2, 3),
+                                  decoder=True, decoder_filters=4), x, train=False)
 
 
 @pytest.mark.slow
@@ -110,7 +110,9 @@ def test_trains_on_synthetic_shapes_under_mixed_precision():
     keras.utils.set_random_seed(0)
     keras.mixed_precision.set_global_policy("mixed_float16")  # conftest restores float32
     x, y = make_shapes(32, 32, seed=0)
-    model = DeepLabV3((32, 32, 3), 4, alpha=0.35, filters=16, output_stride=16)
+    # Small rates for the 2x2 ASPP input: TF runs a 3x3 conv of rate r on CPU by padding the map
+    # to a multiple of r (space_to_batch), so rate 18 on a 2x2 map costs ~80x a rate-1 conv.
+    model = DeepLabV3((32, 32, 3), 4, alpha=0.35, filters=16, rates=(1, 2, 3), output_stride=16)
     model.compile(keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy",
                   jit_compile=False)  # XLA compilation of this graph costs more than it saves
     hist = model.fit(x, y, epochs=3, batch_size=8, verbose=0).history["loss"]

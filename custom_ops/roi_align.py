@@ -6,6 +6,8 @@ import numbers
 import tensorflow as tf
 
 from custom_ops import _sampling
+from custom_ops._context import in_save_context as _in_save_context
+from custom_ops._context import in_xla_context as _in_xla_context
 
 
 def _check_sampling_ratio(sampling_ratio):
@@ -15,18 +17,6 @@ def _check_sampling_ratio(sampling_ratio):
             f"Received: sampling_ratio={sampling_ratio!r}"
         )
     return int(sampling_ratio)
-
-
-def _in_xla_context():
-    from tensorflow.python.ops import control_flow_util  # no public API for this question
-
-    return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
-
-
-def _in_save_context():
-    from tensorflow.python.saved_model import save_context  # no public API for this question
-
-    return save_context.in_save_context()
 
 
 @tf.function(jit_compile=True, reduce_retracing=True)

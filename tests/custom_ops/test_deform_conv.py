@@ -160,6 +160,25 @@ def _case(rng, *, stride, dil, offset_groups, groups, modulated, pad=1, scale=2.
     return x, offsets, kernel, bias, mask
 
 
+def _assert_matches_numpy(out, grads, x, offsets, kernel, bias, mask, stride, dil, upstream,
+                          label=""):
+    """Forward and the gradients (inputs, offsets, kernel, bias[, mask]) against the oracle at
+    padding 1, float64, 1e-6."""
+    expected, expected_grads = numpy_deform_conv2d(
+        _nchw(x), np.transpose(kernel, (3, 2, 0, 1)), _nchw(offsets),
+        None if mask is None else _nchw(mask), bias, (stride, stride), (1, 1), (dil, dil),
+        upstream=_nchw(upstream))
+    np.testing.assert_allclose(out.numpy(), _nhwc(expected), atol=1e-6, rtol=0)
+    gx, goff, gw, gb, gm = expected_grads
+    want = [_nhwc(gx), _nhwc(goff), np.transpose(gw, (2, 3, 1, 0)), gb]
+    if mask is not None:
+        want.append(_nhwc(gm))
+    assert len(grads) == len(want)
+    for name, got, exp in zip(["inputs", "offsets", "kernel", "bias", "mask"], grads, want):
+        np.testing.assert_allclose(got.numpy(), exp, atol=1e-6, rtol=0,
+                                   err_msg=f"gradient for {name} {label}")
+
+
 _GRID = list(itertools.product((1, 2), (1, 2), (1, 2), (1, 2), (False, True)))
 
 
@@ -178,19 +197,7 @@ def test_forward_and_gradients_match_numpy_definition(stride, dil, offset_groups
                             padding=1, dilation_rate=dil)
     upstream = rng.normal(size=out.shape)
     grads = tape.gradient(out, args, output_gradients=tf.constant(upstream))
-    expected, expected_grads = numpy_deform_conv2d(
-        _nchw(x), np.transpose(kernel, (3, 2, 0, 1)), _nchw(offsets),
-        None if mask is None else _nchw(mask), bias, (stride, stride), (1, 1), (dil, dil),
-        upstream=_nchw(upstream))
-    np.testing.assert_allclose(out.numpy(), _nhwc(expected), atol=1e-6, rtol=0)
-    gx, goff, gw, gb, gm = expected_grads
-    names = ["inputs", "offsets", "kernel", "bias", "mask"]
-    want = [_nhwc(gx), _nhwc(goff), np.transpose(gw, (2, 3, 1, 0)), gb]
-    if modulated:
-        want.append(_nhwc(gm))
-    for name, got, exp in zip(names, grads, want):
-        np.testing.assert_allclose(got.numpy(), exp, atol=1e-6, rtol=0,
-                                   err_msg=f"gradient for {name}")
+    _assert_matches_numpy(out, grads, x, offsets, kernel, bias, mask, stride, dil, upstream)
     # The case really has samples fully outside the input and samples straddling its border.
     ys = (np.arange(out.shape[1])[None, :, None, None, None] * stride - 1
           + np.repeat(np.arange(3), 3) * dil
@@ -342,20 +349,33 @@ def test_float16_inputs_return_float16():
                                atol=2e-2 * np.abs(expected).max(), rtol=0)
 
 
-def test_columns_are_not_kept_alive_between_forward_and_backward(monkeypatch):
-    """Under a live GradientTape the forward pass's sampled columns and gathered corners are
-    freed as soon as the op returns; the backward pass computes its own (a second call)."""
+@pytest.mark.parametrize("path", ["xla_kernels", "plain_ops"])
+def test_columns_are_not_kept_alive_between_forward_and_backward(path, monkeypatch):
+    """Under a live GradientTape the forward pass's sampled columns (and, on the plain path,
+    the gathered corners) are freed as soon as the op returns; the backward pass computes its
+    own (a second call). Eager mode uses the nested XLA kernels unless told otherwise."""
     from custom_ops import deform_conv as module
 
     produced = []
-    original = module._columns
+    if path == "plain_ops":
+        monkeypatch.setattr(module, "_use_xla_kernels", lambda: False)
+        original = module._columns
 
-    def spy(*args, **kwargs):
-        cols, corners = original(*args, **kwargs)
-        produced.append((weakref.ref(cols), weakref.ref(corners)))
-        return cols, corners
+        def spy(*args, **kwargs):
+            cols, corners = original(*args, **kwargs)
+            produced.append((weakref.ref(cols), weakref.ref(corners)))
+            return cols, corners
 
-    monkeypatch.setattr(module, "_columns", spy)
+        monkeypatch.setattr(module, "_columns", spy)
+    else:
+        original = module._xla_columns
+
+        def spy(*args, **kwargs):
+            cols = original(*args, **kwargs)
+            produced.append((weakref.ref(cols),))
+            return cols
+
+        monkeypatch.setattr(module, "_xla_columns", spy)
     rng = np.random.default_rng(13)
     x, offsets, kernel, bias, mask = (
         tf.constant(a) for a in _case(rng, stride=1, dil=1, offset_groups=1, groups=1,
@@ -373,6 +393,52 @@ def test_columns_are_not_kept_alive_between_forward_and_backward(monkeypatch):
         ref_out = _deform_conv2d_reference(x, offsets, kernel, bias, mask, padding=1)
     for g, e in zip(grads, tape.gradient(ref_out, [x, offsets, mask])):
         np.testing.assert_allclose(g.numpy(), e.numpy(), atol=1e-8)
+
+
+_PATH_CASES = [(2, 1, 2, 2, True), (1, 2, 1, 1, False), (1, 1, 2, 1, True)]
+
+
+@pytest.mark.parametrize("path", ["xla_kernels", "plain_ops", "inside_xla", "saving"])
+@pytest.mark.parametrize("stride,dil,offset_groups,groups,modulated", _PATH_CASES)
+def test_every_kernel_path_matches_numpy_definition(stride, dil, offset_groups, groups,
+                                                     modulated, path, monkeypatch):
+    """Outside XLA the sampling side runs as nested XLA programs ("xla_kernels", what eager
+    and a plain tf.function use); while a SavedModel is written (TFLite export), or when told
+    so, the op uses plain TF ops; inside `jit_compile=True` the plain ops join the caller's
+    program. All give torchvision's definition, forward and the five gradients (float64)."""
+    from custom_ops import _context
+    from custom_ops import deform_conv as module
+
+    calls = []
+    original = module._xla_sampling
+    monkeypatch.setattr(module, "_xla_sampling", lambda *a: calls.append(1) or original(*a))
+    if path == "plain_ops":
+        monkeypatch.setattr(module, "_use_xla_kernels", lambda: False)
+    if path == "saving":  # what tf.saved_model.save (hence export.to_tflite) looks like
+        monkeypatch.setattr(_context, "in_save_context", lambda: True)
+    rng = np.random.default_rng(100 + _PATH_CASES.index((stride, dil, offset_groups, groups,
+                                                         modulated)))
+    x, offsets, kernel, bias, mask = _case(rng, stride=stride, dil=dil,
+                                           offset_groups=offset_groups, groups=groups,
+                                           modulated=modulated)
+    args = [tf.constant(a) for a in (x, offsets, kernel, bias) + ((mask,) if modulated else ())]
+
+    def fwd_bwd(upstream, *values):
+        with tf.GradientTape() as tape:
+            tape.watch(values)
+            out = deform_conv2d(*values[:4], mask=values[4] if modulated else None,
+                                strides=stride, padding=1, dilation_rate=dil)
+        return out, tape.gradient(out, values, output_gradients=upstream)
+
+    probe = deform_conv2d(*args[:4], mask=args[4] if modulated else None, strides=stride,
+                          padding=1, dilation_rate=dil)
+    calls.clear()
+    upstream = rng.normal(size=probe.shape)
+    fn = tf.function(fwd_bwd, jit_compile=True) if path == "inside_xla" else fwd_bwd
+    out, grads = fn(tf.constant(upstream), *args)
+    assert len(calls) == (2 if path == "xla_kernels" else 0)  # forward + backward
+    _assert_matches_numpy(out, grads, x, offsets, kernel, bias, mask, stride, dil, upstream,
+                          path)
 
 
 class _DeformOp(keras.layers.Layer):

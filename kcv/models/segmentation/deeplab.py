@@ -39,7 +39,7 @@ def _source_names(layer_config):
     return names
 
 
-def dilate(model, output_stride):
+def dilate(model, output_stride, bn_momentum=None):
     """Rebuilds a functional CNN so that it downsamples by at most `output_stride`.
 
     Walking the layers in order and tracking the accumulated stride, every strided layer that
@@ -54,6 +54,9 @@ def dilate(model, output_stride):
     Args:
         model: a functional `keras.Model` (built).
         output_stride: the largest accumulated stride to keep (a power of two).
+        bn_momentum: when given, also the momentum of every `BatchNormalization` layer (a
+            training setting: keras.applications' MobileNetV2 uses 0.999, whose moving
+            statistics need thousands of steps to settle when training from scratch).
 
     Returns:
         A new functional model with the same weights, name and outputs.
@@ -67,6 +70,8 @@ def dilate(model, output_stride):
     stride, rate = {}, {}
     for layer in config["layers"]:
         name, cfg = layer["config"]["name"], layer["config"]
+        if bn_momentum is not None and layer["class_name"] == "BatchNormalization":
+            cfg["momentum"] = float(bn_momentum)
         sources = _source_names(layer)
         in_stride = max((stride[s] for s in sources), default=1)
         in_rate = max((rate[s] for s in sources), default=1)
@@ -107,7 +112,8 @@ def _backbone(backbone, input_shape, alpha, weights):
 
 def DeepLabV3(input_shape, num_classes, backbone="mobilenet_v2", output_stride=16, alpha=1.0,
               filters=256, rates=(6, 12, 18), decoder=False, decoder_filters=48, dropout=0.1,
-              backbone_weights=None, output_activation="auto", name="deeplab_v3"):
+              backbone_weights=None, backbone_bn_momentum=None, output_activation="auto",
+              name="deeplab_v3"):
     """Builds DeepLabV3 (or DeepLabV3+ with `decoder=True`) on a dilated backbone.
 
     The backbone's last stages are made atrous (`dilate`) so that it downsamples by
@@ -135,6 +141,9 @@ def DeepLabV3(input_shape, num_classes, backbone="mobilenet_v2", output_stride=1
         decoder_filters: channels of the reduced low-level features (the paper: 48).
         dropout: dropout after the ASPP projection (and the decoder).
         backbone_weights: `None` (random), `"imagenet"` or a keras.applications weights file.
+        backbone_bn_momentum: `None` keeps the backbone's batch-norm momentum (MobileNetV2:
+            0.999, ResNet50: 0.99); a smaller value (e.g. 0.9) lets the moving statistics settle
+            within a short training from scratch.
         output_activation: `"auto"` (softmax, or sigmoid for one class), `None` for logits, or
             a Keras activation name; float32 under mixed precision.
         name: model name.
@@ -174,7 +183,7 @@ def DeepLabV3(input_shape, num_classes, backbone="mobilenet_v2", output_stride=1
 
     # === Functional Model ===
     features = dilate(_backbone(backbone, tuple(input_shape), alpha, backbone_weights),
-                      output_stride)
+                      output_stride, bn_momentum=backbone_bn_momentum)
     inputs = keras.Input(shape=tuple(input_shape), name="image")
     low, high = features(inputs)
     x = ASPP(filters, scaled_rates, dropout=dropout, name="aspp")(high)

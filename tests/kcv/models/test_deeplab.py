@@ -87,7 +87,11 @@ def test_resnet50_backbone_dilates_the_last_stages():
 
 
 def test_deeplab_v3_plus_decoder_uses_stride_4_features():
-    model = DeepLabV3((64, 64, 3), 2, alpha=0.35, filters=8, decoder=True, decoder_filters=6)
+    model = DeepLabV3((64, 64, 3), 2, alpha=0.35, filters=8, decoder=True, decoder_filters=6,
+                      backbone_bn_momentum=0.9)
+    backbone_bns = [layer for layer in model.get_layer("backbone").layers
+                    if isinstance(layer, keras.layers.BatchNormalization)]
+    assert backbone_bns and all(layer.momentum == 0.9 for layer in backbone_bns)
     assert tuple(model.get_layer("decoder_up").output.shape[1:]) == (16, 16, 8)
     assert tuple(model.get_layer("decoder_reduce_conv").output.shape[1:]) == (16, 16, 6)
     assert model.get_layer("upsample").size == (4, 4)

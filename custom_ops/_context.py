@@ -16,6 +16,8 @@ answers True and `in_save_context()` answers True, i.e. callers fall back to the
 (always correct, only slower).
 """
 
+import math
+
 import tensorflow as tf
 
 
@@ -65,3 +67,14 @@ def use_nested_xla():
     That is: not already inside an XLA cluster and not writing a SavedModel (see module doc).
     """
     return not in_xla_context() and not in_save_context()
+
+
+def padded_bins(bins, bins_per_box):
+    """A power-of-two number of boxes, times `bins_per_box`, >= `bins` (an int32 scalar).
+
+    XLA compiles one program per shape; bucketing bounds the recompilations for a varying
+    number of boxes K to about log2(K_max).
+    """
+    boxes = tf.maximum(bins // bins_per_box, 1)
+    exponent = tf.math.ceil(tf.math.log(tf.cast(boxes, tf.float64)) / math.log(2.0) - 1e-9)
+    return tf.cast(tf.round(2.0 ** exponent), tf.int32) * bins_per_box

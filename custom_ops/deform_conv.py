@@ -33,6 +33,7 @@ import numbers
 import tensorflow as tf
 
 from custom_ops._context import use_nested_xla
+from custom_ops._sampling import compute_dtype as _compute_dtype
 
 __all__ = ["deform_conv2d"]
 
@@ -231,11 +232,6 @@ def _runtime_checks(geo, inputs, offsets, mask):
 
 
 # --------------------------------------------------------------------------- sampling
-
-
-def _compute_dtype(dtype):
-    """float32 for half types (positions and sums of many samples), float64 stays float64."""
-    return tf.float64 if dtype == tf.float64 else tf.float32
 
 
 def _neighbourhoods(geo, inputs):

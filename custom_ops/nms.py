@@ -31,7 +31,9 @@ import numbers
 
 import tensorflow as tf
 
-from custom_ops.roi_align import _in_save_context, _in_xla_context, _padded_bins
+from custom_ops._context import in_save_context as _in_save_context
+from custom_ops._context import in_xla_context as _in_xla_context
+from custom_ops._context import padded_bins as _padded_bins
 
 _TILE = 512
 

@@ -8,6 +8,7 @@ import tensorflow as tf
 from custom_ops import _sampling
 from custom_ops._context import in_save_context as _in_save_context
 from custom_ops._context import in_xla_context as _in_xla_context
+from custom_ops._context import padded_bins as _padded_bins
 
 
 def _check_sampling_ratio(sampling_ratio):
@@ -39,17 +40,6 @@ def _use_xla_kernels(indices):
     The tap count must be static (fixed `sampling_ratio`).
     """
     return indices.shape[0] is not None and not _in_xla_context() and not _in_save_context()
-
-
-def _padded_bins(bins, bins_per_box):
-    """A power-of-two number of boxes, times `bins_per_box`, >= `bins` (an int32 scalar).
-
-    XLA compiles one program per shape; bucketing bounds the recompilations for a varying
-    number of boxes K to about log2(K_max).
-    """
-    boxes = tf.maximum(bins // bins_per_box, 1)
-    exponent = tf.math.ceil(tf.math.log(tf.cast(boxes, tf.float64)) / math.log(2.0) - 1e-9)
-    return tf.cast(tf.round(2.0 ** exponent), tf.int32) * bins_per_box
 
 
 def _gather_taps(flat, indices, weights, bins_per_box):

@@ -70,14 +70,16 @@ def plot_history(history, path):
     plt.close(fig)
 
 
-def plot_predictions(images, masks, probs, path, count=6):
-    fig, axes = plt.subplots(count, 3, figsize=(7, 2.3 * count))
+def plot_predictions(images, masks, predictions, path, count=6):
+    """Rows of image | truth | one panel per entry of `predictions` (name -> probabilities)."""
+    names = list(predictions)
+    cols = 2 + len(names)
+    fig, axes = plt.subplots(count, cols, figsize=(2.3 * cols, 2.3 * count))
+    axes = np.atleast_2d(axes)
     for i in range(count):
-        for ax, img, title in zip(
-            axes[i],
-            (images[i], masks[i], probs[i].argmax(-1)),
-            ("image", "truth", "prediction"),
-        ):
+        panels = [(images[i], "image"), (masks[i], "truth")]
+        panels += [(predictions[name][i].argmax(-1), name) for name in names]
+        for ax, (img, title) in zip(axes[i], panels):
             if img.ndim == 2:
                 ax.imshow(img, vmin=0, vmax=NUM_CLASSES - 1, cmap="viridis",
                           interpolation="nearest")
@@ -160,7 +162,8 @@ def main(argv=None):
     int8_ok = abs(int8_dice - val_dice) <= 0.02 and int8["builtins_only"]
 
     plot_history(history, os.path.join(args.out, "history.png"))
-    plot_predictions(x_val, y_val, probs, os.path.join(args.out, "predictions.png"))
+    plot_predictions(x_val, y_val, {"prediction": probs},
+                     os.path.join(args.out, "predictions.png"))
     report = {
         "epochs": len(history["loss"]),
         "train_seconds": round(train_seconds, 1),

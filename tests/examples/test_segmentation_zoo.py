@@ -1,0 +1,32 @@
+"""The segmentation zoo runs end to end on tiny settings and writes its table, report and PNG."""
+
+import json
+import os
+import runpy
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.mark.slow
+def test_segmentation_zoo_tiny(tmp_path, capsys):
+    module = runpy.run_path(os.path.join(ROOT, "examples", "segmentation_zoo.py"))
+    out = tmp_path / "zoo"
+    code = module["main"]([
+        "--out", str(out), "--image-size", "32", "--train-images", "16", "--val-images", "4",
+        "--epochs", "1", "--unet-filters", "4", "--unetpp-filters", "4", "--unetpp-depth", "2",
+        "--deeplab-filters", "8", "--latency-runs", "1", "--models", "UNet++,DeepLabV3",
+    ])  # UNet takes DeepLabV3's code path (one head) and has its own quickstart test
+    assert code == 0
+    assert (out / "zoo.png").stat().st_size > 0
+    report = json.loads((out / "report.json").read_text())
+    assert [r["model"] for r in report["models"]] == ["UNet++", "DeepLabV3"]
+    for row in report["models"]:
+        assert 0.0 <= row["val_dice"] <= 1.0 and row["parameters"] > 0
+        assert row["tflite_fp32_ms"] > 0 and row["tflite_int8_ms"] > 0
+    levels = report["unet_plus_plus_levels"]
+    assert [lv["level"] for lv in levels] == [1, 2]
+    assert levels[0]["parameters"] < levels[1]["parameters"] == report["models"][0]["parameters"]
+    printed = capsys.readouterr().out
+    assert "val Dice" in printed and "UNet++ pruned levels" in printed

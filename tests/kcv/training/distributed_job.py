@@ -5,6 +5,10 @@ Usage: python distributed_job.py MODE OUT_DIR
             and once under MirroredStrategy over both, saves single_*.npy and mirrored_*.npy.
   worker:   one worker of a MultiWorkerMirroredStrategy cluster (TF_CONFIG set by the caller),
             strategy chosen by kcv.training.strategy(); saves worker<index>_*.npy.
+  segmentation: two logical CPU devices; builds each kcv segmentation model (UNet, UNet++ with
+            deep supervision, DeepLabV3+, HRNet) under MirroredStrategy, trains it with
+            model.fit and evaluates it; writes segmentation.json (losses, replicas, variable
+            types).
 """
 
 import json
@@ -93,8 +97,52 @@ def main():
         init = [np.asarray(w) for w in build().get_weights()]
         save(out_dir, f"initial{index}", init)
         save(out_dir, f"worker{index}", train(strategy, init))
+    elif mode == "segmentation":
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        with open(os.path.join(out_dir, "segmentation.json"), "w") as f:
+            json.dump(train_segmentation_models(), f)
     else:
         raise SystemExit(f"unknown mode {mode!r}")
+
+
+def train_segmentation_models():
+    import keras
+
+    import kcv
+    from kcv.data.synthetic import NUM_CLASSES, make_shapes
+
+    shape = (32, 32, 3)
+    builders = {
+        "UNet": lambda: kcv.models.UNet(shape, NUM_CLASSES, filters=4, depth=2),
+        "UNetPlusPlus": lambda: kcv.models.UNetPlusPlus(shape, NUM_CLASSES, filters=4, depth=2),
+        "DeepLabV3": lambda: kcv.models.DeepLabV3(shape, NUM_CLASSES, alpha=0.35, filters=16,
+                                                  rates=(1, 2, 3), decoder=True),
+        "HRNet": lambda: kcv.models.HRNet(shape, NUM_CLASSES, width=8,
+                                          num_modules=(1, 1, 1, 1), num_blocks=1),
+    }
+    x, y = make_shapes(64, 32, seed=0)
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    results = {}
+    for name, make in builders.items():
+        keras.utils.set_random_seed(0)
+        with strategy.scope():
+            model = make()
+            heads = len(model.outputs)
+            model.compile(keras.optimizers.Adam(3e-3), loss=[kcv.losses.BCEDiceLoss()] * heads,
+                          loss_weights=[1.0 / heads] * heads)
+        targets = [y] * heads if heads > 1 else y
+        history = model.fit(x, targets, epochs=4, batch_size=16, verbose=0).history["loss"]
+        results[name] = {
+            "losses": [float(v) for v in history],
+            "replicas": strategy.num_replicas_in_sync,
+            "mirrored": all(isinstance(v.value, tf.distribute.DistributedValues)
+                            for v in model.trainable_variables),
+            "eval": float(model.evaluate(x[:16], [y[:16]] * heads if heads > 1 else y[:16],
+                                         batch_size=8, verbose=0, return_dict=True)["loss"]),
+        }
+    return results
 
 
 if __name__ == "__main__":

@@ -57,6 +57,17 @@ def test_mirrored_two_devices_equals_one_device(tmp_path):
     _assert_same(mirrored, single, atol=1e-5)
 
 
+@pytest.mark.slow
+def test_segmentation_models_train_under_mirrored_strategy(tmp_path):
+    _run(["segmentation", str(tmp_path)], timeout=600)
+    results = json.loads((tmp_path / "segmentation.json").read_text())
+    assert sorted(results) == ["DeepLabV3", "HRNet", "UNet", "UNetPlusPlus"]
+    for name, r in results.items():
+        assert r["replicas"] == 2 and r["mirrored"], (name, r)
+        assert np.isfinite(r["losses"]).all() and np.isfinite(r["eval"]), (name, r)
+        assert r["losses"][-1] < 0.9 * r["losses"][0], (name, r["losses"])
+
+
 def _free_ports(n):
     socks = [socket.socket() for _ in range(n)]
     for s in socks:

@@ -17,10 +17,11 @@ SMALL = {
     "UNet": dict(SEG, filters=4, depth=2),
     "UNetPlusPlus": dict(SEG, filters=4, depth=2, deep_supervision=False),
     "DeepLabV3": dict(SEG, alpha=0.35, filters=16, rates=(2, 3, 4)),
+    "HRNet": dict(SEG, width=8, num_modules=(1, 1, 1, 1), num_blocks=1),
     "MobileNetV1": dict(CLS, alpha=0.25),
     "ResNet18": dict(CLS),
 }
-SLOW = {"DeepLabV3", "ResNet18"}
+SLOW = {"DeepLabV3", "HRNet", "ResNet18"}
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n

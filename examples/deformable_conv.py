@@ -135,7 +135,7 @@ def save_sampling_figure(model, images, labels, path):
     plt.close(fig)
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--num-images", type=int, default=2000)
     parser.add_argument("--image-size", type=int, default=64, help="make_shapes image size")
@@ -145,7 +145,7 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default="runs/deformable_sampling.png")
     parser.add_argument("--quick", action="store_true", help="tiny smoke run")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.quick:
         args.num_images, args.epochs = 256, 1
 

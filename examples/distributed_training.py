@@ -27,14 +27,16 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import tensorflow as tf  # noqa: E402
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description="U-Net on synthetic shapes with tf.distribute")
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=16, help="global batch")
     parser.add_argument("--cpu-devices", type=int, default=1,
                         help="split the CPU into this many logical devices (no GPU needed)")
     parser.add_argument("--out", default="runs/distributed")
-    args = parser.parse_args()
+    parser.add_argument("--train-images", type=int, default=512)
+    parser.add_argument("--val-images", type=int, default=128)
+    args = parser.parse_args(argv)
 
     if args.cpu_devices > 1 and not os.environ.get("TF_CONFIG"):
         cpu = tf.config.list_physical_devices("CPU")[0]
@@ -53,8 +55,8 @@ def main():
     print(f"{type(distribution).__name__}: {distribution.num_replicas_in_sync} replicas; "
           f"worker {index}")
 
-    train = synthetic.shapes_dataset(512, 64, args.batch_size, seed=0)
-    val = synthetic.shapes_dataset(128, 64, args.batch_size, seed=1, shuffle=False)
+    train = synthetic.shapes_dataset(args.train_images, 64, args.batch_size, seed=0)
+    val = synthetic.shapes_dataset(args.val_images, 64, args.batch_size, seed=1, shuffle=False)
     steps = int(train.cardinality())
     with distribution.scope():
         keras.utils.set_random_seed(0)

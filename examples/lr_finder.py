@@ -29,17 +29,19 @@ def build(seed):
     return model
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/lr_finder")
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--num-images", type=int, default=512)
-    args = parser.parse_args()
+    parser.add_argument("--val-images", type=int, default=128)
+    parser.add_argument("--num-steps", type=int, default=100, help="steps of the range test")
+    args = parser.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     train = synthetic.shapes_dataset(args.num_images, 64, batch_size=16, seed=0)
-    val = synthetic.shapes_dataset(128, 64, batch_size=16, seed=1, shuffle=False)
+    val = synthetic.shapes_dataset(args.val_images, 64, batch_size=16, seed=1, shuffle=False)
 
-    finder = find_lr(build(0), train, start_lr=1e-6, end_lr=10.0, num_steps=100)
+    finder = find_lr(build(0), train, start_lr=1e-6, end_lr=10.0, num_steps=args.num_steps)
     png = finder.plot(os.path.join(args.out, "lr_find.png"), title="U-Net, synthetic shapes")
     print(f"range test: {len(finder.losses)} steps (stopped early: {finder.stopped_early}); "
           f"suggestions {finder.suggestions}; plot {png}")

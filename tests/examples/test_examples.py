@@ -1,0 +1,48 @@
+"""The other examples run end to end on tiny settings, each in its own Python process (as a
+user runs them; the distributed one must split the CPU before TensorFlow starts), and write
+what they say they write."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _run(script, *args, timeout=600):
+    env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
+    env.update(TF_CPP_MIN_LOG_LEVEL="2", KERAS_BACKEND="tensorflow", CUDA_VISIBLE_DEVICES="")
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "examples", script), *args],
+                          env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+@pytest.mark.slow
+def test_lr_finder_example(tmp_path):
+    out = _run("lr_finder.py", "--out", str(tmp_path), "--num-images", "32",
+               "--val-images", "16", "--num-steps", "12", "--epochs", "2")
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert (tmp_path / "lr_find.png").stat().st_size > 0 and results["png"].endswith(".png")
+    assert results["suggested"]["lr"] == pytest.approx(100 * results["suggested/100"]["lr"])
+    assert len(results["suggested"]["val_mean_iou"]) == 2
+    assert "range test: " in out and "val_mean_iou" in out
+
+
+@pytest.mark.slow
+def test_distributed_training_example_on_two_logical_cpus(tmp_path):
+    out = _run("distributed_training.py", "--cpu-devices", "2", "--epochs", "2",
+               "--train-images", "32", "--val-images", "16", "--out", str(tmp_path))
+    assert "MirroredStrategy: 2 replicas; worker 0" in out
+    assert (tmp_path / "unet.keras").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_deformable_conv_example(tmp_path):
+    png = tmp_path / "sampling.png"
+    out = _run("deformable_conv.py", "--num-images", "64", "--epochs", "1", "--output", str(png))
+    assert png.stat().st_size > 0
+    assert "plain" in out and "deformable" in out and "validation accuracy" in out

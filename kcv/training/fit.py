@@ -107,6 +107,9 @@ def fit(model, x=None, y=None, *, backup_dir=None, checkpoint_dir=None, save_bes
                                                    monitor=monitor,
                                                    save_best_only=save_best_only))
     callbacks = own + list(callbacks or [])
+    if isinstance(x, tf.data.Dataset):
+        # A Dataset shuffles itself; Keras ignores `shuffle` for it and warns when it is True.
+        kwargs.setdefault("shuffle", False)
     strategy = getattr(model, "_kcv_multi_worker_strategy", None) or model.distribute_strategy
     if _is_multi_worker(strategy):
         _use_multi_worker_step(model, strategy)

@@ -57,7 +57,7 @@ def test_rate_applied_by_optimizer_is_the_sweep():
     spy = keras.callbacks.LambdaCallback(
         on_train_batch_begin=lambda b, logs: seen.append(float(model.optimizer.learning_rate)))
     # As a callback in the user's own fit: the finder stops it after num_steps batches.
-    model.fit(tf.data.Dataset.from_tensors((x, y)).repeat(), steps_per_epoch=50, epochs=3,
+    model.fit(tf.data.Dataset.from_tensors((x, y)).repeat(), steps_per_epoch=50, epochs=3, shuffle=False,
               callbacks=[finder, spy], verbose=0)
     np.testing.assert_allclose(seen, 1e-4 * 1000 ** (np.arange(6) / 5), rtol=1e-6)
     np.testing.assert_allclose(finder.smoothed_losses, finder.losses)  # smoothing 0
@@ -161,7 +161,7 @@ def test_plot_writes_png(tmp_path):
     with pytest.raises(ValueError, match="run the range test first"):
         finder.plot(str(tmp_path / "a.png"))
     find_model = _line_model(keras.optimizers.SGD(0.1))
-    find_model.fit(tf.data.Dataset.from_tensors((x, y)).repeat(), steps_per_epoch=12,
+    find_model.fit(tf.data.Dataset.from_tensors((x, y)).repeat(), steps_per_epoch=12, shuffle=False,
                    callbacks=[finder], verbose=0)
     path = finder.plot(str(tmp_path / "sub" / "lr.png"))
     with open(path, "rb") as f:

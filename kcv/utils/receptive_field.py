@@ -9,7 +9,9 @@ ReceptiveField.__doc__ = """Receptive field of a feature map, per spatial axis `
 
 `size`: input pixels one unit sees; `jump`: input pixels between neighbouring units (the product
 of the strides so far); `start`: input position (pixel index, first pixel = 0) of the centre of
-the first unit's field, which padding can make negative and even windows fractional.
+the first unit's field, which padding can make negative and even windows fractional. After
+upsampling, neighbouring units' fields alternate in size and spacing: `size` is then their mean
+size and `start + o * jump` their mean centre over one period of the upsampling.
 """
 
 # Layers that keep every spatial position to itself: the field passes through unchanged.
@@ -71,8 +73,32 @@ def _step(layer, fields, in_size, axis):
         return size, jump, start - layer.padding[axis][0] * jump
     if isinstance(layer, keras.layers.Cropping2D):
         return size, jump, start + layer.cropping[axis][0] * jump
-    if isinstance(layer, keras.layers.UpSampling2D) and layer.interpolation == "nearest":
-        return size, jump / _pair(layer.size)[axis], start
+    # Upsampling: neighbouring outputs see different numbers of input units, so their fields
+    # alternate in size and are not evenly spaced. The size and centre given are their means
+    # over one period of s outputs (exact for the mean; one unit's field may be larger).
+    if isinstance(layer, keras.layers.UpSampling2D) and layer.interpolation in ("nearest",
+                                                                                 "bilinear"):
+        # Nearest: output o copies input o // s. Bilinear (half-pixel centres): output o reads
+        # input coordinate (o + 0.5) / s - 0.5, i.e. the two input units around it, except the
+        # one output in s (odd s) that lands on an input unit. Either way the centre is, on
+        # average, (o + 0.5) / s - 0.5 input units.
+        factor = _pair(layer.size)[axis]
+        grow = (1 - (factor % 2) / factor) * jump if layer.interpolation == "bilinear" else 0
+        return size + grow, jump / factor, start + (0.5 / factor - 0.5) * jump
+    if isinstance(layer, keras.layers.Conv2DTranspose):
+        # Output o = i * s + t - pad for kernel taps t: on average k / s input units reach an
+        # output, centred (o + pad - (k - 1) / 2) / s input units along.
+        kernel, stride = _pair(layer.kernel_size)[axis], _pair(layer.strides)[axis]
+        if (_pair(layer.dilation_rate)[axis] != 1 or layer.output_padding is not None
+                or kernel < stride):
+            raise ValueError(f"Layer {layer.name!r}: receptive_field supports Conv2DTranspose "
+                             f"with kernel_size >= strides, no dilation and no output_padding; "
+                             f"it has kernel_size={layer.kernel_size}, "
+                             f"strides={layer.strides}, dilation_rate={layer.dilation_rate}, "
+                             f"output_padding={layer.output_padding}.")
+        pad = (kernel - stride) // 2 if layer.padding == "same" else 0
+        return (size + (kernel / stride - 1) * jump, jump / stride,
+                start + (pad - (kernel - 1) / 2) / stride * jump)
     if isinstance(layer, _CONV + _POOLING):
         kernel, stride, dilation = _window(layer, axis)
         k = dilation * (kernel - 1) + 1
@@ -81,8 +107,9 @@ def _step(layer, fields, in_size, axis):
     raise ValueError(
         f"receptive_field does not know how layer {layer.name!r} ({type(layer).__name__}) maps "
         "positions. Supported: Conv2D, DepthwiseConv2D, SeparableConv2D, Max/AveragePooling2D, "
-        "ZeroPadding2D, Cropping2D, nearest UpSampling2D, merge layers (Add, Concatenate, ...) "
-        "and position-wise layers (normalization, activations, dropout)."
+        "ZeroPadding2D, Cropping2D, UpSampling2D (nearest, bilinear), Conv2DTranspose, merge "
+        "layers (Add, Concatenate, ...) and position-wise layers (normalization, activations, "
+        "dropout)."
     )
 
 
@@ -103,7 +130,9 @@ def receptive_field(model, layer_name=None, verbose=False):
     Walks the model's layers in graph order and applies, along each spatial axis, the
     recurrence R(n+1) = R(n) + (k(n+1) - 1) * prod(strides so far), with the effective kernel
     d(k - 1) + 1 of a dilation rate d, through convolutions (plain, depthwise, separable),
-    pooling, zero padding and cropping; merge layers (`Add`, `Concatenate`, ...) take the
+    pooling, zero padding and cropping; upsampling (nearest, bilinear, transposed
+    convolution) divides the jump; its outputs' fields alternate in size and spacing, so the
+    size and start after it are their means over one period of outputs. Merge layers (`Add`, `Concatenate`, ...) take the
     envelope of their branches' fields (the largest one when the branches are centred alike,
     as in residual networks). "same" padding is resolved from the layer's static input size
     (TensorFlow pads the extra pixel after the data).

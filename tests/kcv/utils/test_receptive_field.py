@@ -1,8 +1,10 @@
 """receptive_field on keras.applications models against fields derived by hand from their layers."""
 
 import keras
+import numpy as np
 import pytest
 
+import kcv
 from kcv.models import ResNet18
 from kcv.utils import ReceptiveField, receptive_field
 
@@ -105,6 +107,76 @@ def test_errors():
     with pytest.raises(ValueError, match="4-D"):
         receptive_field(model, "predictions")
     inputs = keras.Input((16, 16, 1))
-    x = keras.layers.Conv2DTranspose(1, 3, name="up")(inputs)
-    with pytest.raises(ValueError, match="'up' \\(Conv2DTranspose\\)"):
+    x = keras.layers.Resizing(24, 24, name="up")(inputs)
+    with pytest.raises(ValueError, match="'up' \\(Resizing\\)"):
         receptive_field(keras.Model(inputs, x))
+    x = keras.layers.Conv2DTranspose(1, 3, strides=2, output_padding=1, name="up2")(inputs)
+    with pytest.raises(ValueError, match="'up2'.*output_padding"):
+        receptive_field(keras.Model(inputs, x))
+    x = keras.layers.Conv2DTranspose(1, 2, strides=3, name="holes")(inputs)
+    with pytest.raises(ValueError, match="'holes'.*kernel_size >= strides"):
+        receptive_field(keras.Model(inputs, x))
+
+
+def _measured_fields(model, size):
+    """Per output row: the rows of input pixels that can change it, found by perturbing one input
+    row at a time (+100 on a positive image through positive weights, so ReLU and max pooling
+    pass the change on). Returns {output row: (first input row, last input row)}."""
+    rng = np.random.default_rng(0)
+    for layer in model.layers:
+        if layer.weights:
+            layer.set_weights([np.full(w.shape, 0.1, "float32") if w.ndim > 1
+                               else np.zeros(w.shape, "float32") for w in layer.get_weights()])
+    base = rng.uniform(0.5, 1.0, (1, size, size, 1)).astype("float32")
+    batch = np.repeat(base, size, axis=0)
+    batch[np.arange(size), np.arange(size), :, :] += 100.0  # image r: input row r raised
+    changed = np.abs(model.predict(batch, verbose=0) - model.predict(base, verbose=0)).max(
+        axis=(2, 3)) > 1e-3  # [input row, output row]
+    return {o: (int(np.flatnonzero(changed[:, o])[0]), int(np.flatnonzero(changed[:, o])[-1]))
+            for o in range(changed.shape[1]) if changed[:, o].any()}
+
+
+def _check_against_measured(model, size, interior):
+    """Over whole periods of output rows in `interior` (fields away from the borders), the mean
+    measured field size equals `size` and the mean of (centre - o * jump) equals `start`."""
+    rf = receptive_field(model)
+    fields = _measured_fields(model, size)
+    sizes = [fields[o][1] - fields[o][0] + 1 for o in interior]
+    offsets = [(fields[o][0] + fields[o][1]) / 2 - o * rf.jump[0] for o in interior]
+    assert np.mean(sizes) == pytest.approx(rf.size[0]), (sizes, rf)
+    assert np.mean(offsets) == pytest.approx(rf.start[0]), (offsets, rf)
+    return rf
+
+
+@pytest.mark.parametrize("make, jump", [
+    (lambda: keras.layers.Conv2DTranspose(1, 2, strides=2), 1),                   # U-Net's
+    (lambda: keras.layers.Conv2DTranspose(1, 3, strides=2, padding="same"), 1),
+    (lambda: keras.layers.Conv2DTranspose(1, 4, strides=2, padding="same"), 1),
+    (lambda: keras.layers.Conv2DTranspose(1, 3, strides=2), 1),
+    (lambda: keras.layers.Conv2DTranspose(1, 3, strides=3), 2 / 3),
+    (lambda: keras.layers.UpSampling2D(2, interpolation="bilinear"), 1),
+    (lambda: keras.layers.UpSampling2D(4, interpolation="bilinear"), 0.5),
+    (lambda: keras.layers.UpSampling2D(3, interpolation="bilinear"), 2 / 3),
+    (lambda: keras.layers.UpSampling2D(2, interpolation="nearest"), 1),
+])
+def test_upsampling_layers_against_measured_fields(make, jump):
+    """After a 3x3 stride-2 convolution (fields 3 wide, jump 2), each upsampling layer."""
+    inputs = keras.Input((32, 32, 1))
+    x = keras.layers.Conv2D(1, 3, strides=2)(inputs)
+    model = keras.Model(inputs, make()(x))
+    out = model.output.shape[1]
+    period = int(round(2 / jump))  # output rows per input unit of the upsampling layer
+    interior = range(2 * period, 2 * period + 3 * period)  # three whole periods, off the border
+    assert out > interior[-1] + 2 * period
+    rf = _check_against_measured(model, 32, interior)
+    assert rf.jump[0] == pytest.approx(jump)
+
+
+def test_unet_with_transposed_and_bilinear_upsampling():
+    """The whole U-Net (max pooling, concatenated skips, upsampling) against measured fields;
+    the default target (`kcv receptive-field unet`) is its last layer."""
+    for upsampling in ("transpose", "bilinear"):
+        model = kcv.models.UNet((96, 96, 1), 1, filters=2, depth=2, norm=None,
+                                upsampling=upsampling, output_activation=None)
+        rf = _check_against_measured(model, 96, range(40, 56))
+        assert rf.jump == (1, 1)

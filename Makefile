@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# Test processes (pytest-xdist); 2 suits the 2-core CI machine. TEST_WORKERS=0 runs in one process.
+TEST_WORKERS ?= 2
 
 .PHONY: demo test test-fast bench lint install clean
 
@@ -20,11 +22,11 @@ demo: $(STAMP)
 
 # pytest exits 5 when it collected nothing: that is a failure, not a pass.
 test: $(STAMP)
-	@$(PY) -m pytest tests -q -p no:cacheprovider --durations=15; rc=$$?; \
+	@$(PY) -m pytest tests -q -p no:cacheprovider -n $(TEST_WORKERS) --durations=15; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: no tests were collected" >&2; exit 1; fi; exit $$rc
 
 test-fast: $(STAMP)
-	$(PY) -m pytest tests -q -m "not slow"
+	$(PY) -m pytest tests -q -n $(TEST_WORKERS) -m "not slow"
 
 bench: $(STAMP)
 	@for f in benchmarks/*.py; do echo "== $$f"; $(PY) $$f || exit 1; done

@@ -114,12 +114,18 @@ from custom_ops.roi_align import _roi_align_reference
 args = roi.make_inputs({k})
 fn = roi.ours_fn({op})
 out, grad = fn(*args); grad.numpy()
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0)
+# VmHWM: this process image's peak RSS. (ru_maxrss is not: Linux carries it over from the parent
+# across fork and exec, so a large parent would show as every child's peak.)
+try:
+    with open("/proc/self/status") as f:
+        print(next(int(l.split()[1]) for l in f if l.startswith("VmHWM:")) / 1024.0)
+except OSError:
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0)
 """
 
 
 def peak_memory_mb(op_name, k):
-    """Peak RSS (MB) of a fresh process that runs one fwd+bwd step (ru_maxrss, Linux KiB)."""
+    """Peak RSS (MB) of a fresh process that runs one fwd+bwd step (VmHWM, Linux)."""
     op = "roi.custom_ops.roi_align" if op_name == "custom" else "_roi_align_reference"
     here = os.path.dirname(os.path.abspath(__file__))
     code = _MEMORY_CHILD.format(root=os.path.dirname(here), bench=here, k=k, op=op)

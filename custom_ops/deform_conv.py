@@ -497,11 +497,6 @@ def _xla_sample_grads(x, rows, weights, d_dy, d_dx, mask_rows, grad_cols, static
     return _xla_sample_grads_core(x, rows, weights, d_dy, d_dx, mask_rows, grad_cols, static)
 
 
-def _use_xla_kernels():
-    """Nested XLA kernels unless already under XLA or writing a SavedModel (TFLite export)."""
-    return use_nested_xla()
-
-
 def _forward_xla(geo, x, offsets, kernel, bias, mask):
     rows, weights, _, _, mask_rows = _xla_sampling(x, offsets, mask, geo.static)
     cols = _xla_columns(x, rows, weights, mask_rows, geo.static)
@@ -638,7 +633,7 @@ def _deform_conv2d(geo, inputs, offsets, kernel, bias, mask):
         # their inputs (the big columns) alive until the tape is released.
         x, off, k, b, m = (None if t is None else tf.stop_gradient(tf.cast(t, dtype))
                            for t in unpack(values))
-        if _use_xla_kernels():
+        if use_nested_xla():
             out = _forward_xla(geo, x, off, k, b, m)
         else:
             out = _forward(geo, x, off, k, b, m, dtype)
@@ -650,7 +645,7 @@ def _deform_conv2d(geo, inputs, offsets, kernel, bias, mask):
                 x_, off_, k_ = (tf.identity(tf.cast(t, dtype)) for t in values[:3])
             m_ = tf.cast(values[-1], dtype) if has_mask else None
             up = tf.cast(upstream, dtype)
-            if _use_xla_kernels():  # decided again: the gradient may be traced elsewhere
+            if use_nested_xla():  # decided again: the gradient may be traced elsewhere
                 gx, goff, gk, gm = _backward_xla(geo, x_, off_, k_, m_, up)
             else:
                 gx, goff, gk, gm = _backward(geo, x_, off_, k_, m_, up, dtype)

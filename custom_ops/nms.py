@@ -31,9 +31,8 @@ import numbers
 
 import tensorflow as tf
 
-from custom_ops._context import in_save_context as _in_save_context
-from custom_ops._context import in_xla_context as _in_xla_context
 from custom_ops._context import padded_bins as _padded_bins
+from custom_ops._context import use_nested_xla
 
 _TILE = 512
 
@@ -56,7 +55,7 @@ def _run(core, static, tensors, bucket_axis_1=()):
     inputs listed in `bucket_axis_1` are zero-padded on axis 1 to a power of two times the tile
     size, so a varying number of boxes compiles O(log N) programs; outputs are cut back.
     """
-    if _in_xla_context() or _in_save_context():
+    if not use_nested_xla():
         return core(*tensors, *static)
     if bucket_axis_1 and (tf.executing_eagerly() or tensors[bucket_axis_1[0]].shape[1] is None):
         length = tf.shape(tensors[bucket_axis_1[0]])[1]

@@ -6,9 +6,9 @@ import numbers
 import tensorflow as tf
 
 from custom_ops import _sampling
-from custom_ops._context import in_save_context as _in_save_context
 from custom_ops._context import in_xla_context as _in_xla_context
 from custom_ops._context import padded_bins as _padded_bins
+from custom_ops._context import use_nested_xla
 
 
 def _check_sampling_ratio(sampling_ratio):
@@ -39,7 +39,7 @@ def _use_xla_kernels(indices):
     SavedModel/TFLite export (save context) and an enclosing XLA cluster use the plain ops.
     The tap count must be static (fixed `sampling_ratio`).
     """
-    return indices.shape[0] is not None and not _in_xla_context() and not _in_save_context()
+    return indices.shape[0] is not None and use_nested_xla()
 
 
 def _gather_taps(flat, indices, weights, bins_per_box):

@@ -132,8 +132,8 @@ def receptive_field(model, layer_name=None, verbose=False):
     d(k - 1) + 1 of a dilation rate d, through convolutions (plain, depthwise, separable),
     pooling, zero padding and cropping; upsampling (nearest, bilinear, transposed
     convolution) divides the jump; its outputs' fields alternate in size and spacing, so the
-    size and start after it are their means over one period of outputs. Merge layers (`Add`, `Concatenate`, ...) take the
-    envelope of their branches' fields (the largest one when the branches are centred alike,
+    size and start after it are their means over one period of outputs. Merge layers (`Add`,
+    `Concatenate`, ...) take the envelope of their branches' fields (the largest one when the branches are centred alike,
     as in residual networks). "same" padding is resolved from the layer's static input size
     (TensorFlow pads the extra pixel after the data).
 

@@ -358,7 +358,7 @@ def test_columns_are_not_kept_alive_between_forward_and_backward(path, monkeypat
 
     produced = []
     if path == "plain_ops":
-        monkeypatch.setattr(module, "_use_xla_kernels", lambda: False)
+        monkeypatch.setattr(module, "use_nested_xla", lambda: False)
         original = module._columns
 
         def spy(*args, **kwargs):
@@ -413,7 +413,7 @@ def test_every_kernel_path_matches_numpy_definition(stride, dil, offset_groups, 
     original = module._xla_sampling
     monkeypatch.setattr(module, "_xla_sampling", lambda *a: calls.append(1) or original(*a))
     if path == "plain_ops":
-        monkeypatch.setattr(module, "_use_xla_kernels", lambda: False)
+        monkeypatch.setattr(module, "use_nested_xla", lambda: False)
     if path == "saving":  # what tf.saved_model.save (hence export.to_tflite) looks like
         monkeypatch.setattr(_context, "in_save_context", lambda: True)
     rng = np.random.default_rng(100 + _PATH_CASES.index((stride, dil, offset_groups, groups,

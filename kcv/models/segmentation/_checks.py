@@ -22,10 +22,12 @@ def check_input_shape(input_shape, factor, why, known=False):
             )
 
 
-def output_activation_layer(x, num_classes, output_activation, name="probabilities"):
+def output_activation_layer(x, num_classes, output_activation, name=None):
     """The float32 output activation: `"auto"` is sigmoid for one class and softmax otherwise;
-    `None` gives logits (a linear layer named `logits`)."""
+    `None` gives logits (a linear layer). `name` defaults to `"probabilities"` / `"logits"`;
+    models with several heads pass one name per head."""
     if output_activation == "auto":
         output_activation = "sigmoid" if num_classes == 1 else "softmax"
-    return keras.layers.Activation(output_activation or "linear", dtype="float32",
-                                   name=name if output_activation else "logits")(x)
+    if name is None:
+        name = "probabilities" if output_activation else "logits"
+    return keras.layers.Activation(output_activation or "linear", dtype="float32", name=name)(x)

@@ -3,6 +3,11 @@
 import keras
 
 from kcv.layers.normalization import normalization
+from kcv.models.segmentation._checks import (
+    check_input_shape,
+    check_positive_ints,
+    output_activation_layer,
+)
 
 _UPSAMPLING = ("transpose", "bilinear")
 _NORMS = ("batch", "group", "instance", None)
@@ -65,29 +70,15 @@ def UNet(input_shape, num_classes, filters=64, depth=4, norm="batch", dropout=0.
         Segmentation", MICCAI 2015.
     """
     # === Validate ===
-    if not isinstance(depth, int) or depth < 1:
-        raise ValueError(f"`depth` must be a positive int. Received: depth={depth!r}")
-    if not isinstance(filters, int) or filters < 1:
-        raise ValueError(f"`filters` must be a positive int. Received: filters={filters!r}")
-    if not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"`num_classes` must be a positive int. Received: num_classes={num_classes!r}")
+    check_positive_ints(depth=depth, filters=filters, num_classes=num_classes)
     if norm not in _NORMS:
         raise ValueError(f"`norm` must be one of {_NORMS}. Received: norm={norm!r}")
     if upsampling not in _UPSAMPLING:
         raise ValueError(f"`upsampling` must be one of {_UPSAMPLING}. Received: upsampling={upsampling!r}")
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"`dropout` must be in [0, 1). Received: dropout={dropout!r}")
-    if len(input_shape) != 3:
-        raise ValueError(f"`input_shape` must be (H, W, C). Received: input_shape={input_shape!r}")
-    factor = 2**depth
-    for dim, size in zip(("height", "width"), input_shape[:2]):
-        if size is not None and size % factor:
-            raise ValueError(
-                f"The input {dim} must be divisible by 2**depth = {factor} (the U-Net halves the "
-                f"resolution {depth} times). Received: input_shape={tuple(input_shape)}"
-            )
-    if output_activation == "auto":
-        output_activation = "sigmoid" if num_classes == 1 else "softmax"
+    check_input_shape(input_shape, 2**depth, f"2**depth = {2**depth} (the U-Net halves the "
+                      f"resolution {depth} times)")
 
     # === Functional Model ===
     inputs = keras.Input(shape=tuple(input_shape), name="image")
@@ -112,8 +103,5 @@ def UNet(input_shape, num_classes, filters=64, depth=4, norm="batch", dropout=0.
         x = keras.layers.Concatenate(name=f"dec{level + 1}_concat")([skips[level], x])
         x = _conv_block(x, f, norm, name=f"dec{level + 1}")
     x = keras.layers.Conv2D(num_classes, 1, name="classifier")(x)
-    if output_activation is not None:
-        x = keras.layers.Activation(output_activation, dtype="float32", name="probabilities")(x)
-    else:
-        x = keras.layers.Activation("linear", dtype="float32", name="logits")(x)
+    x = output_activation_layer(x, num_classes, output_activation)
     return keras.Model(inputs, x, name=name)

@@ -132,6 +132,14 @@ def test_bad_arguments(kwargs, match):
         UNetPlusPlus(**args)
 
 
+def test_logits_heads_keep_their_level_names():
+    model = UNetPlusPlus((16, 16, 3), 2, filters=4, depth=2, output_activation=None)
+    assert [model.get_layer(f"level{j}").activation.__name__ for j in (1, 2)] == ["linear"] * 2
+    x = np.random.default_rng(0).random((1, 16, 16, 3)).astype("float32")
+    heads = model(x)
+    assert len(heads) == 2 and heads[0].shape == (1, 16, 16, 2)
+
+
 def test_prune_errors():
     model = UNetPlusPlus((16, 16, 3), 2, filters=4, depth=2)
     with pytest.raises(ValueError, match=r"level.*\[1, 2\].*level=3"):

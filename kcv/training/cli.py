@@ -131,10 +131,7 @@ def _parser():
 def _build_model(args, num_classes):
     import kcv.models
 
-    name = _MODELS[args.model]
-    builder = getattr(kcv.models, name, None)
-    if builder is None:
-        raise _Error(f"model {args.model!r} is not available in this kcv (kcv.models.{name})")
+    builder = getattr(kcv.models, _MODELS[args.model])
     kwargs = {}
     if args.model in ("unet", "unet_plus_plus"):
         if getattr(args, "filters", None):
@@ -165,11 +162,8 @@ def _datasets(args):
         return train, val, synthetic.NUM_CLASSES
     if not os.path.isdir(args.data):
         raise _Error(f"--data must be 'synthetic' or an existing folder, got {args.data!r}")
-    try:
-        from kcv.data import segmentation_folder
-    except ImportError:
-        raise _Error("loading a folder is not available yet in this kcv "
-                     "(kcv.data.segmentation_folder); use --data synthetic") from None
+    from kcv.data import segmentation_folder
+
     images, masks = os.path.join(args.data, "images"), os.path.join(args.data, "masks")
     if not (os.path.isdir(images) and os.path.isdir(masks)):
         raise _Error(f"--data folder {args.data!r} must contain images/ and masks/")
@@ -328,11 +322,8 @@ def _export(args):
 
 
 def _receptive_field(args):
-    try:
-        from kcv.utils import receptive_field
-    except ImportError:
-        raise _Error("receptive fields are not available yet in this kcv "
-                     "(kcv.utils.receptive_field)") from None
+    from kcv.utils import receptive_field
+
     if args.model in _MODELS:
         args.filters = args.depth = None
         model = _build_model(args, args.num_classes)

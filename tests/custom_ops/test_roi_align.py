@@ -1,5 +1,6 @@
 """custom_ops.roi_align against a NumPy port of the definition (torchvision's loops), float64."""
 
+import importlib
 import math
 
 import numpy as np
@@ -243,9 +244,15 @@ def test_every_kernel_path_matches_numpy_with_padded_box_count(path, monkeypatch
     # Outside XLA the gather/scatter are compiled with XLA and K is padded to a power of two
     # (K = 5 -> 8); an export (save context) uses the plain ops; inside an XLA cluster the plain
     # ops are compiled with it. All must give the definition, forward and backward.
-    roi_module = __import__("custom_ops.roi_align", fromlist=["_in_save_context"])
-    if path == "plain_ops":
-        monkeypatch.setattr(roi_module, "_in_save_context", lambda: True)
+    from custom_ops import _context
+
+    roi_module = importlib.import_module("custom_ops.roi_align")  # the package exports the op
+
+    calls = []
+    original = roi_module._tap_gather_xla
+    monkeypatch.setattr(roi_module, "_tap_gather_xla", lambda *a: calls.append(1) or original(*a))
+    if path == "plain_ops":  # what tf.saved_model.save (hence export.to_tflite) looks like
+        monkeypatch.setattr(_context, "in_save_context", lambda: True)
     boxes, idx = _BOXES_PX[:5], _BOX_INDICES[:5]
     dy = _RNG.normal(size=(5, 2, 3, 3))
     want, want_grad = np_roi_align(_FEATURES, boxes, idx, (2, 3), 0.5, 2, True, dy)
@@ -259,6 +266,7 @@ def test_every_kernel_path_matches_numpy_with_padded_box_count(path, monkeypatch
 
     fn = tf.function(fwd_bwd, jit_compile=True) if path == "inside_xla" else fwd_bwd
     got, got_grad = fn(tf.constant(_FEATURES))
+    assert bool(calls) == (path == "xla_kernels"), (path, len(calls))
     np.testing.assert_allclose(got.numpy(), want, atol=1e-6, rtol=0)
     np.testing.assert_allclose(got_grad.numpy(), want_grad, atol=1e-6, rtol=0)
 

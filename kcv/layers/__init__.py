@@ -11,9 +11,11 @@ from kcv.layers.conv_blocks import (
     PreActBasicBlock,
     PreActBottleneck,
 )
+from kcv.layers.cosine import CosineClassifier
 from kcv.layers.deformable import DeformableConv2D
 from kcv.layers.detection import DetectionPostProcess
 from kcv.layers.dilated import HybridDilatedConv
+from kcv.layers.distance import EuclideanDistance, euclidean_distance
 from kcv.layers.normalization import normalization
 from kcv.layers.roi import MultiScaleRoIAlign, RoIAlign, RoIPool
 from kcv.layers.upsampling import DenseUpsampling

@@ -1,9 +1,9 @@
 """Metric-learning losses: contrastive, triplet (batch-hard, semi-hard), AM-Softmax, ArcFace.
 
-Each loss is a function and a serializable `keras.losses.Loss` class. The pair and margin-softmax
-losses return one value per sample (`[B]`) and the class applies the Keras reduction (mean over
-the batch by default). The triplet loss mines its triplets inside the batch, so it is a property
-of the whole batch: the function returns one scalar, the mean over the triplets it mined.
+Each loss is a function returning one value per sample (`[B]`: per pair, per anchor, per
+embedding) and a serializable `keras.losses.Loss` class applying the Keras reduction (mean over
+the batch by default). The triplet loss mines its triplets inside the batch (each sample is an
+anchor), so its batches need several images per label.
 
 There is no `from_logits` argument: the inputs are distances (contrastive), embeddings
 (triplet) or cosine similarities in [-1, 1] (AM-Softmax, ArcFace, e.g. the output of
@@ -16,28 +16,27 @@ import keras
 import tensorflow as tf
 
 from kcv.layers.distance import safe_sqrt
-from kcv.losses.segmentation import _ArgumentLoss
+from kcv.losses._base import ArgumentLoss, check_number
 
 _MINING = ("batch_hard", "semi_hard")
 _SIN_EPSILON = 1e-7  # keeps d sqrt(1 - c^2) / dc finite at c = +-1
 
 
-def _check_number(value, name, minimum=0, strict=False):
-    if (isinstance(value, bool) or not isinstance(value, (int, float))
-            or value < minimum or (strict and value == minimum)):
-        bound = f"> {minimum}" if strict else f">= {minimum}"
-        raise ValueError(f"`{name}` must be a number {bound}. Received: {name}={value!r}")
+def _check_positive(value, name):
+    check_number(value, name)
+    if value == 0:
+        raise ValueError(f"`{name}` must be a number > 0. Received: {name}={value!r}")
 
 
 def _check_triplet_args(margin, mining):
-    _check_number(margin, "margin")
+    check_number(margin, "margin")
     if mining not in _MINING:
         raise ValueError(f"`mining` must be one of {_MINING}. Received: mining={mining!r}")
 
 
 def _check_margin_softmax_args(scale, margin, angular=False):
-    _check_number(scale, "scale", strict=True)
-    _check_number(margin, "margin")
+    _check_positive(scale, "scale")
+    check_number(margin, "margin")
     if angular and margin > math.pi / 2:
         raise ValueError(f"`margin` must be in [0, pi / 2] radians. Received: margin={margin!r}")
 
@@ -84,7 +83,7 @@ def contrastive_loss(y_true, y_pred, margin=1.0):
         Hadsell, Chopra & LeCun, "Dimensionality Reduction by Learning an Invariant Mapping",
         CVPR 2006, eq. (4).
     """
-    _check_number(margin, "margin", strict=True)
+    _check_positive(margin, "margin")
     y = _flat(y_true, "y_true")
     d = _flat(y_pred, "y_pred")
     return y * tf.square(d) + (1.0 - y) * tf.square(tf.maximum(margin - d, 0.0))
@@ -113,31 +112,28 @@ def pairwise_distances(embeddings, squared=False):
     return d2 if squared else safe_sqrt(d2)
 
 
-def _masked_mean(values, mask):
-    mask = tf.cast(mask, tf.float32)
-    return tf.math.divide_no_nan(tf.reduce_sum(values * mask), tf.reduce_sum(mask))
-
-
 def triplet_loss(y_true, y_pred, margin=1.0, mining="batch_hard", squared=False):
-    """Triplet loss with the triplets mined inside the batch; one scalar for the batch.
+    """Triplet loss with the triplets mined inside the batch, one value per anchor.
 
     Formula: `max(d(a, p) - d(a, n) + margin, 0)` for anchor a, positive p (same label, p != a)
     and negative n (other label), with d the Euclidean (or, `squared=True`, squared Euclidean)
-    distance between embeddings. Mining:
+    distance between embeddings. Every sample of the batch is an anchor. Mining:
 
-    - `"batch_hard"` (Hermans, Beyer & Leibe 2017): for each anchor, its farthest positive and
-      its nearest negative in the batch; the loss is the mean over the anchors.
+    - `"batch_hard"` (Hermans, Beyer & Leibe 2017, eq. (5)): the anchor's farthest positive and
+      nearest negative in the batch: `loss[a] = max(max_p d(a, p) - min_n d(a, n) + margin, 0)`.
     - `"semi_hard"` (Schroff, Kalenichenko & Philbin 2015, as tensorflow-addons'
-      `triplet_semihard_loss`): for every (anchor, positive) pair, the nearest negative that is
-      farther from the anchor than the positive (`d(a, n) > d(a, p)`; it costs something only
-      when it also lies within the margin, the FaceNet semi-hard negative); if the anchor has no
-      negative farther than the positive, its farthest negative. The loss is the mean over the
-      (anchor, positive) pairs. With `squared=True` this equals tensorflow-addons'
-      `triplet_semihard_loss(distance_metric="L_2")`, which uses squared distances.
+      `triplet_semihard_loss`): for each positive p of the anchor, the nearest negative farther
+      from the anchor than p (`d(a, n) > d(a, p)`; it costs something only when it also lies
+      within the margin: FaceNet's semi-hard negative) or, if no negative is farther, the
+      farthest negative; `loss[a]` is the mean over the anchor's positives. tensorflow-addons
+      returns the mean over all (anchor, positive) pairs instead, which is the mean of `loss[a]`
+      when every label has the same number of images in the batch (P labels x K images); its
+      `distance_metric="L_2"` is `squared=True` here.
 
-    Anchors without a positive or without a negative in the batch form no triplet and are left
-    out of the mean (a batch with no triplet at all gives 0); sample batches with several
-    images per label (P labels x K images, as Hermans et al.).
+    An anchor without a positive or without a negative in the batch forms no triplet: its loss
+    is 0, and it still counts in the batch mean of the Keras reduction. Sample P labels x K
+    images per batch (Hermans et al.), so that every anchor has both. Memory: `[B, B]` for
+    batch-hard, `[B, B, B]` for semi-hard (as tensorflow-addons).
 
     Args:
         y_true: int labels `[B]` (or `[B, 1]`).
@@ -148,15 +144,15 @@ def triplet_loss(y_true, y_pred, margin=1.0, mining="batch_hard", squared=False)
             Euclidean ones (Hermans et al.; default).
 
     Returns:
-        float32 scalar.
+        float32 `[B]`: the loss of each anchor.
 
     Example:
         >>> labels = [0, 0, 1, 1]
         >>> points = [[0.0, 0.0], [0.0, 1.0], [0.0, 1.5], [0.0, 3.0]]
-        >>> float(triplet_loss(labels, points, margin=1.0))  # anchors: 0.5, 1.5, 2.0, 0.5
-        1.125
-        >>> float(triplet_loss(labels, points, margin=1.0, mining="semi_hard"))  # 0.5, 0, 1, 0.5
-        0.5
+        >>> triplet_loss(labels, points, margin=1.0).numpy()
+        array([0.5, 1.5, 2. , 0.5], dtype=float32)
+        >>> triplet_loss(labels, points, margin=1.0, mining="semi_hard").numpy()
+        array([0.5, 0. , 1. , 0.5], dtype=float32)
 
     Reference:
         Schroff, Kalenichenko & Philbin, "FaceNet: A Unified Embedding for Face Recognition and
@@ -175,19 +171,20 @@ def triplet_loss(y_true, y_pred, margin=1.0, mining="batch_hard", squared=False)
     negative = tf.logical_not(same)
     has_negative = tf.reduce_any(negative, axis=1)
     big = tf.reduce_max(dist) + 1.0
-    # The farthest negative of each anchor (used by semi-hard mining when nothing is farther).
-    farthest_negative = tf.reduce_max(tf.where(negative, dist, -1.0), axis=1)
     if mining == "batch_hard":
         hardest_positive = tf.reduce_max(tf.where(positive, dist, -1.0), axis=1)
         nearest_negative = tf.reduce_min(tf.where(negative, dist, big), axis=1)
         loss = tf.maximum(hardest_positive - nearest_negative + margin, 0.0)
-        return _masked_mean(loss, tf.logical_and(tf.reduce_any(positive, axis=1), has_negative))
+        valid = tf.logical_and(tf.reduce_any(positive, axis=1), has_negative)
+        return tf.where(valid, loss, 0.0)
     # semi-hard: [anchor, positive, negative] with d(a, n) > d(a, p).
     farther = tf.logical_and(negative[:, None, :], dist[:, None, :] > dist[:, :, None])
     nearest_farther = tf.reduce_min(tf.where(farther, dist[:, None, :], big), axis=2)
+    farthest_negative = tf.reduce_max(tf.where(negative, dist, -1.0), axis=1)
     chosen = tf.where(tf.reduce_any(farther, axis=2), nearest_farther, farthest_negative[:, None])
-    loss = tf.maximum(dist - chosen + margin, 0.0)
-    return _masked_mean(loss, tf.logical_and(positive, has_negative[:, None]))
+    pairs = tf.cast(tf.logical_and(positive, has_negative[:, None]), tf.float32)
+    loss = tf.maximum(dist - chosen + margin, 0.0) * pairs
+    return tf.math.divide_no_nan(tf.reduce_sum(loss, axis=1), tf.reduce_sum(pairs, axis=1))
 
 
 def _target_mask(y_true, y_pred):
@@ -284,7 +281,7 @@ def arcface_loss(y_true, y_pred, scale=64.0, margin=0.5):
 
 
 @keras.saving.register_keras_serializable(package="kcv")
-class ContrastiveLoss(_ArgumentLoss):
+class ContrastiveLoss(ArgumentLoss):
     """Contrastive loss of distances; `y_true = 1` marks a SIMILAR pair. See `contrastive_loss`.
 
     Hadsell et al. (2006) and some Keras examples label similar pairs 0: pass `1 - y_true`.
@@ -299,21 +296,20 @@ class ContrastiveLoss(_ArgumentLoss):
         0.40625
     """
 
-    _function = contrastive_loss
-    _arguments = ("margin",)
+    _function = staticmethod(contrastive_loss)
 
     def __init__(self, margin=1.0, reduction="sum_over_batch_size", name="contrastive_loss",
                  dtype=None):
-        _check_number(margin, "margin", strict=True)
-        super().__init__(reduction, name, dtype, margin=margin)
+        _check_positive(margin, "margin")
+        super().__init__(reduction=reduction, name=name, dtype=dtype, margin=margin)
 
 
 @keras.saving.register_keras_serializable(package="kcv")
-class TripletLoss(_ArgumentLoss):
+class TripletLoss(ArgumentLoss):
     """Triplet loss with batch-hard or semi-hard mining. See `triplet_loss`.
 
-    `y_true` are int labels `[B]`, `y_pred` the embeddings `[B, D]`; the value is a mean over
-    the triplets mined in the batch (the Keras reduction then leaves it as it is).
+    `y_true` are int labels `[B]`, `y_pred` the embeddings `[B, D]`; the function gives one
+    value per anchor and the Keras reduction averages them over the batch (by default).
 
     Args:
         margin: the margin (default 1.0).
@@ -327,17 +323,17 @@ class TripletLoss(_ArgumentLoss):
         0.5
     """
 
-    _function = triplet_loss
-    _arguments = ("margin", "mining", "squared")
+    _function = staticmethod(triplet_loss)
 
     def __init__(self, margin=1.0, mining="batch_hard", squared=False,
                  reduction="sum_over_batch_size", name="triplet_loss", dtype=None):
         _check_triplet_args(margin, mining)
-        super().__init__(reduction, name, dtype, margin=margin, mining=mining, squared=squared)
+        super().__init__(reduction=reduction, name=name, dtype=dtype, margin=margin,
+                         mining=mining, squared=squared)
 
 
 @keras.saving.register_keras_serializable(package="kcv")
-class AMSoftmaxLoss(_ArgumentLoss):
+class AMSoftmaxLoss(ArgumentLoss):
     """Additive-margin softmax (AM-Softmax / CosFace) on cosines. See `am_softmax_loss`.
 
     Args:
@@ -351,17 +347,16 @@ class AMSoftmaxLoss(_ArgumentLoss):
         5.5035
     """
 
-    _function = am_softmax_loss
-    _arguments = ("scale", "margin")
+    _function = staticmethod(am_softmax_loss)
 
     def __init__(self, scale=30.0, margin=0.35, reduction="sum_over_batch_size",
                  name="am_softmax_loss", dtype=None):
         _check_margin_softmax_args(scale, margin)
-        super().__init__(reduction, name, dtype, scale=scale, margin=margin)
+        super().__init__(reduction=reduction, name=name, dtype=dtype, scale=scale, margin=margin)
 
 
 @keras.saving.register_keras_serializable(package="kcv")
-class ArcFaceLoss(_ArgumentLoss):
+class ArcFaceLoss(ArgumentLoss):
     """ArcFace additive angular margin softmax on cosines. See `arcface_loss`.
 
     Args:
@@ -375,10 +370,9 @@ class ArcFaceLoss(_ArgumentLoss):
         0.00191
     """
 
-    _function = arcface_loss
-    _arguments = ("scale", "margin")
+    _function = staticmethod(arcface_loss)
 
     def __init__(self, scale=64.0, margin=0.5, reduction="sum_over_batch_size",
                  name="arcface_loss", dtype=None):
         _check_margin_softmax_args(scale, margin, angular=True)
-        super().__init__(reduction, name, dtype, scale=scale, margin=margin)
+        super().__init__(reduction=reduction, name=name, dtype=dtype, scale=scale, margin=margin)

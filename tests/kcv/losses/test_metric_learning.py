@@ -24,6 +24,8 @@ from kcv.losses import (
     triplet_loss,
 )
 
+from kcv_testing import check_loss
+
 
 def np_distances(x, squared):
     d2 = ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)
@@ -31,23 +33,25 @@ def np_distances(x, squared):
 
 
 def np_batch_hard(labels, x, margin, squared=False):
-    """Hermans et al. 2017, eq. (5): per anchor, farthest positive and nearest negative."""
+    """Hermans et al. 2017, eq. (5), per anchor: farthest positive and nearest negative (0 for
+    an anchor without either)."""
     d = np_distances(x, squared)
-    losses = []
+    out = np.zeros(len(x))
     for a in range(len(x)):
         pos = [d[a, p] for p in range(len(x)) if p != a and labels[p] == labels[a]]
         neg = [d[a, n] for n in range(len(x)) if labels[n] != labels[a]]
         if pos and neg:
-            losses.append(max(max(pos) - min(neg) + margin, 0.0))
-    return np.mean(losses) if losses else 0.0
+            out[a] = max(max(pos) - min(neg) + margin, 0.0)
+    return out
 
 
-def np_semi_hard(labels, x, margin, squared=True):
+def np_semi_hard_pairs(labels, x, margin, squared=True):
     """tensorflow-addons' `triplet_semihard_loss` (losses/triplet.py) in loops: for each
     (anchor, positive) pair, the smallest d(a, n) with d(a, n) > d(a, p), or else the largest
-    d(a, n); loss max(margin + d(a, p) - d(a, n), 0), averaged over the pairs."""
+    d(a, n); loss max(margin + d(a, p) - d(a, n), 0). Returns `{(a, p): loss}`; the
+    tensorflow-addons value is the mean of these."""
     d = np_distances(x, squared)
-    losses = []
+    pairs = {}
     for a in range(len(x)):
         neg = [d[a, n] for n in range(len(x)) if labels[n] != labels[a]]
         for p in range(len(x)):
@@ -55,8 +59,15 @@ def np_semi_hard(labels, x, margin, squared=True):
                 continue
             farther = [v for v in neg if v > d[a, p]]
             chosen = min(farther) if farther else max(neg)
-            losses.append(max(margin + d[a, p] - chosen, 0.0))
-    return np.mean(losses) if losses else 0.0
+            pairs[a, p] = max(margin + d[a, p] - chosen, 0.0)
+    return pairs
+
+
+def np_semi_hard(labels, x, margin, squared=True):
+    """Per anchor: the mean of its pairs' losses (0 without pairs)."""
+    pairs = np_semi_hard_pairs(labels, x, margin, squared)
+    return np.array([np.mean([v for (a, _), v in pairs.items() if a == i] or [0.0])
+                     for i in range(len(x))])
 
 
 def np_cross_entropy(logits, target):
@@ -160,8 +171,22 @@ def test_mining_matches_numpy_transcriptions(batch, mining, squared, margin):
     labels, x = batch
     got = triplet_loss(labels, x, margin=margin, mining=mining, squared=squared)
     expected = _REFERENCES[mining](labels, x.astype(np.float64), margin, squared)
-    assert expected > 0
+    assert np.count_nonzero(expected) >= 2  # not a trivial batch
     np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+
+def test_semi_hard_batch_mean_is_tensorflow_addons_value(batch):
+    labels, x = batch  # P = 4 labels x K = 3 images: every anchor has 2 pairs
+    tfa = np.mean(list(np_semi_hard_pairs(labels, x.astype(np.float64), 0.5).values()))
+    got = TripletLoss(margin=0.5, mining="semi_hard", squared=True)(labels, x)
+    np.testing.assert_allclose(got, tfa, rtol=1e-5)
+    # unequal label counts: the pair-weighted mean of the per-anchor values
+    labels = np.array([0, 0, 0, 0, 1, 1, 2, 2, 2, 3, 3, 3])
+    pairs = np_semi_hard_pairs(labels, x.astype(np.float64), 0.5)
+    per_anchor = triplet_loss(labels, x, margin=0.5, mining="semi_hard", squared=True).numpy()
+    counts = np.bincount([a for a, _ in pairs], minlength=12)
+    np.testing.assert_allclose((per_anchor * counts).sum() / counts.sum(),
+                               np.mean(list(pairs.values())), rtol=1e-5)
 
 
 def _line(points):
@@ -177,16 +202,16 @@ _HAND_POINTS = [0.0, 1.0, 0.4, 1.5, 1.8, 5.0]
 
 @pytest.mark.parametrize("mining, expected, used", [
     # A: farthest positive 1, nearest negative 0.4 -> 1.6; P: 1, nearest 1.5 (0.5) -> 1.5.
-    ("batch_hard", (1.6 + 1.5) / 2, {0, 1, 2, 3}),
+    ("batch_hard", [1.6, 1.5, 0, 0, 0, 0], {0, 1, 2, 3}),
     # (A, P): nearest negative farther than 1 is 1.5 -> 0.5 (not the hard one at 0.4);
     # (P, A): from P the negatives are at 0.6, 0.5, 0.8, 4: the one farther than 1 is 5 -> 0.
-    ("semi_hard", (0.5 + 0.0) / 2, {0, 1, 3}),
+    ("semi_hard", [0.5, 0, 0, 0, 0, 0], {0, 1, 3}),
 ])
 def test_mining_picks_the_hand_worked_triplets(mining, expected, used):
     x = tf.Variable(_line(_HAND_POINTS))
     with tf.GradientTape() as tape:
         loss = triplet_loss(_HAND_LABELS, x, margin=1.0, mining=mining)
-    np.testing.assert_allclose(loss, expected, rtol=1e-6)
+    np.testing.assert_allclose(loss, expected, rtol=1e-6, atol=1e-7)
     moved = set(np.flatnonzero(np.abs(tape.gradient(loss, x).numpy()).sum(1) > 0))
     assert moved == used
 
@@ -195,25 +220,25 @@ def test_semi_hard_without_a_farther_negative_takes_the_farthest_negative():
     # A=0, P=2; negatives at 0.5 and 1. (A, P): both closer than 2 -> farthest 1: 2 - 1 + 1 = 2.
     # (P, A): negatives at 1.5 and 1 from P -> farthest 1.5: 2 - 1.5 + 1 = 1.5.
     loss = triplet_loss([0, 0, 1, 2], _line([0.0, 2.0, 0.5, 1.0]), margin=1.0, mining="semi_hard")
-    np.testing.assert_allclose(loss, 1.75, rtol=1e-6)
+    np.testing.assert_allclose(loss, [2.0, 1.5, 0.0, 0.0], rtol=1e-6)
 
 
 @pytest.mark.parametrize("mining", ["batch_hard", "semi_hard"])
-def test_anchors_without_positive_or_negative_are_left_out(mining):
+def test_anchors_without_positive_or_negative_give_zero(mining):
     same = triplet_loss([3, 3, 3], _line([0.0, 1.0, 2.0]), mining=mining)  # no negatives
-    assert float(same) == 0.0
-    # label 1 has a single image: its anchor forms no triplet
-    got = triplet_loss([0, 0, 1], _line([0.0, 1.0, 1.2]), margin=1.0, mining=mining)
-    np.testing.assert_allclose(got, np_semi_hard([0, 0, 1], _line([0.0, 1.0, 1.2]), 1.0, False)
-                               if mining == "semi_hard" else
-                               np_batch_hard([0, 0, 1], _line([0.0, 1.0, 1.2]), 1.0), rtol=1e-6)
+    np.testing.assert_array_equal(same, [0.0, 0.0, 0.0])
+    # label 1 has a single image: its anchor forms no triplet. Anchor 0: positive 1 away, the
+    # negative 1.2 away (nearest, and farther than the positive); anchor 1: positive 1 away,
+    # negative 0.2 away (nearest, and with none farther, the farthest too).
+    got = triplet_loss([0, 0, 1], _line([0.0, 1.0, 1.2]), margin=1.0, mining=mining).numpy()
+    np.testing.assert_allclose(got, [1.0 - 1.2 + 1.0, 1.0 - 0.2 + 1.0, 0.0], rtol=1e-5)
 
 
 @pytest.mark.parametrize("mining", ["batch_hard", "semi_hard"])
 def test_triplet_gradient_is_finite_for_coinciding_embeddings(mining):
     x = tf.Variable(_line([0.0, 0.0, 0.0, 2.0]))  # a positive pair and a hard negative at d = 0
     with tf.GradientTape() as tape:
-        loss = triplet_loss([0, 0, 1, 1], x, margin=1.0, mining=mining)
+        loss = tf.reduce_sum(triplet_loss([0, 0, 1, 1], x, margin=1.0, mining=mining))
     grad = tape.gradient(loss, x).numpy()
     assert np.isfinite(float(loss)) and np.all(np.isfinite(grad))
 
@@ -221,7 +246,8 @@ def test_triplet_gradient_is_finite_for_coinciding_embeddings(mining):
 def test_negative_beyond_the_margin_costs_nothing():
     x = _line([0.0, 0.5, 3.0, 3.5])  # positives 0.5 apart, negatives 2.5 away, margin 1
     for mining in ("batch_hard", "semi_hard"):
-        assert float(triplet_loss([0, 0, 1, 1], x, margin=1.0, mining=mining)) == 0.0
+        np.testing.assert_array_equal(triplet_loss([0, 0, 1, 1], x, margin=1.0, mining=mining),
+                                      0.0)
 
 
 # --- AM-Softmax and ArcFace ------------------------------------------------------------------
@@ -279,7 +305,7 @@ def test_margin_loss_gradient_finite_at_cosine_one(loss_fn):
     assert np.all(np.isfinite(tape.gradient(loss, cos).numpy()))
 
 
-# --- classes: float16 inputs, training, serialization, errors --------------------------------
+# --- classes: shared loss checks, training, errors --------------------------------
 
 _CASES = [
     (ContrastiveLoss(margin=0.5), "pairs"),
@@ -298,14 +324,19 @@ def _inputs(kind, rng):
     return rng.integers(0, 5, size=8).astype(np.int32), _cosines(rng, 8, 5)
 
 
-@pytest.mark.parametrize("loss, kind", _CASES)
-def test_float16_predictions_match_float32(loss, kind):
+@pytest.mark.parametrize("loss_fn, cls, kind, kwargs", [
+    (contrastive_loss, ContrastiveLoss, "pairs", {"margin": 0.8}),
+    (triplet_loss, TripletLoss, "embeddings", {"margin": 0.3, "mining": "semi_hard",
+                                               "squared": True}),
+    (triplet_loss, TripletLoss, "embeddings", {"margin": 2.0, "mining": "batch_hard"}),
+    (am_softmax_loss, AMSoftmaxLoss, "cosines", {"scale": 16.0, "margin": 0.25}),
+    (arcface_loss, ArcFaceLoss, "cosines", {"scale": 32.0, "margin": 0.4}),
+])
+def test_check_loss(loss_fn, cls, kind, kwargs):
+    """Function == class, reductions, config, `.keras` reload (safe_mode=True), float16."""
     y_true, y_pred = _inputs(kind, np.random.default_rng(5))
-    half = y_pred.astype(np.float16)
-    reference = loss(y_true, half.astype(np.float32))
-    got = loss(y_true, tf.constant(half))
-    assert np.isfinite(float(got))
-    np.testing.assert_allclose(got, reference, rtol=1e-3)
+    values = check_loss(loss_fn, cls, y_true, y_pred, **kwargs)
+    assert np.count_nonzero(values) >= 2
 
 
 @pytest.mark.parametrize("loss, kind", _CASES)
@@ -317,27 +348,6 @@ def test_gradient_step_lowers_the_loss(loss, kind):
     grad = tape.gradient(value, z)
     assert np.all(np.isfinite(grad)) and float(value) > 0
     assert float(loss(y_true, z - 0.05 * grad)) < float(value)
-
-
-@pytest.mark.parametrize("cls, kwargs", [
-    (ContrastiveLoss, {"margin": 2.0}),
-    (TripletLoss, {"margin": 0.2, "mining": "semi_hard", "squared": True}),
-    (AMSoftmaxLoss, {"scale": 16.0, "margin": 0.25}),
-    (ArcFaceLoss, {"scale": 32.0, "margin": 0.4}),
-])
-def test_config_round_trip_and_safe_mode_reload(tmp_path, cls, kwargs):
-    loss = cls(**kwargs, name="custom")
-    config = loss.get_config()
-    for key, value in kwargs.items():
-        assert config[key] == value
-    again = keras.losses.deserialize(keras.losses.serialize(loss))
-    assert isinstance(again, cls) and again.get_config() == config
-    inputs = keras.Input((4,))
-    model = keras.Model(inputs, keras.layers.Dense(3)(inputs))
-    model.compile("sgd", loss=loss)
-    model.save(tmp_path / "m.keras")
-    loaded = keras.saving.load_model(tmp_path / "m.keras", safe_mode=True)
-    assert isinstance(loaded.loss, cls) and loaded.loss.get_config() == config
 
 
 def test_triplet_and_am_softmax_losses_train_with_model_fit():

@@ -17,9 +17,8 @@ def _pair(seed=0, shape=(4, 6)):
     return [rng.normal(size=shape).astype("float32") for _ in range(2)]
 
 
-@pytest.mark.parametrize("squared", [False, True])
-def test_check_layer(squared):
-    check_layer(lambda: EuclideanDistance(squared=squared), _pair())
+def test_check_layer():
+    check_layer(lambda: EuclideanDistance(), _pair())  # squared=True: test_matches_numpy
 
 
 @pytest.mark.parametrize("squared", [False, True])

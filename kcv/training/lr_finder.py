@@ -82,7 +82,8 @@ def suggest_lr(learning_rates, losses, smoothing=0.0, skip_start=None, min_signi
        suggestion is `steepest`.
     4. Otherwise the curve gives no clear answer (`confident=False`, `reason` says why) and
        the suggestion falls back to the recorded rate nearest `minimum_over_10` (the rate of
-       the minimum smoothed loss divided by 10).
+       the minimum smoothed loss divided by 10), or, when the loss is still falling at the
+       end, to `steepest` (minimum / 10 would then be `end_lr / 10` whatever the curve).
 
     The suggestion is always one of `learning_rates` other than the first and the last, so it
     is never the sweep's own boundary.
@@ -133,7 +134,7 @@ def suggest_lr(learning_rates, losses, smoothing=0.0, skip_start=None, min_signi
     minimum_over_10 = float(lrs[i_min] / 10.0)
     log_lrs = np.log10(lrs)
 
-    steepest, doubt = None, None
+    steepest, doubt, still_falling = None, None, False
     if i_min - i_top < 2:
         doubt = (f"the smoothed loss does not fall before its minimum at {lrs[i_min]:.2e}; "
                  "lower `start_lr` or check the model and data")
@@ -151,6 +152,7 @@ def suggest_lr(learning_rates, losses, smoothing=0.0, skip_start=None, min_signi
             doubt = (f"the smoothed loss falls by {fall:.3g}, less than {min_significance:g} "
                      f"standard errors ({std_error:.3g}) of its noise")
         elif i_min == n - 1 and slope[-1] <= 0.5 * slope.min():
+            still_falling = True
             doubt = ("the smoothed loss still falls at the end of the sweep at more than half "
                      "its steepest slope; raise `end_lr`")
     if doubt is None:
@@ -159,11 +161,15 @@ def suggest_lr(learning_rates, losses, smoothing=0.0, skip_start=None, min_signi
                 "confident": True,
                 "reason": (f"steepest descent of the smoothed loss, which falls by {fall:.3g} "
                            f"({size}) to its minimum at {lrs[i_min]:.2e}")}
-    inner = np.arange(1, n - 1)  # the recorded rate nearest minimum / 10, boundaries excluded
-    suggested = float(lrs[inner[np.argmin(np.abs(log_lrs[inner] - log_lrs[i_min] + 1.0))]])
+    if still_falling:  # minimum / 10 would be end_lr / 10, whatever the curve
+        suggested, source = steepest, "the steepest descent so far"
+    else:
+        inner = np.arange(1, n - 1)  # boundaries excluded
+        suggested = float(lrs[inner[np.argmin(np.abs(log_lrs[inner] - log_lrs[i_min] + 1))]])
+        source = "the rate nearest minimum / 10"
     return {"suggested": suggested, "steepest": steepest, "minimum_over_10": minimum_over_10,
-            "confident": False, "reason": (f"no clear answer: {doubt}; suggesting the rate "
-                                           f"nearest minimum / 10, {suggested:.2e}")}
+            "confident": False,
+            "reason": f"no clear answer: {doubt}; suggesting {source}, {suggested:.2e}"}
 
 
 def _fall_std_error(raw, i_top, smoothing):

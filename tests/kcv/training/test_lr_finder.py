@@ -270,11 +270,10 @@ def test_a_curve_that_only_rises_has_no_clear_answer():
 
 
 def test_a_loss_still_falling_at_the_end_has_no_clear_answer():
-    lrs = np.logspace(-6, 1, 60)  # 59 / 7 points per decade
-    out = suggest_lr(lrs, 5 - np.log10(lrs))  # falls at the same slope to the end
-    # minimum / 10 = 1.0 = 10 ** 0, at index 6 * 59 / 7 = 50.57 -> the recorded rate lrs[51]
+    lrs = np.logspace(-6, 1, 60)
+    out = suggest_lr(lrs, -lrs)  # slope -lr ln(10) against log10(lr): steepest at the end
     assert not out["confident"] and "raise `end_lr`" in out["reason"]
-    assert out["suggested"] == lrs[51]
+    assert out["suggested"] == out["steepest"] == lrs[-2]  # the last rate inside the sweep
 
 
 # --- flat, noisy curves ------------------------------------------------------------------

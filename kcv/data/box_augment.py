@@ -219,7 +219,8 @@ def augment_detection(image, targets, seed, output_size, flip_probability=0.5,
     Args:
         image, targets: one example (`[H, W, 3]` float32 in [0, 1], padded targets).
         seed: int Tensor `[2]`.
-        output_size: `(out_h, out_w)` of the result (see `random_scale_crop`).
+        output_size: `(out_h, out_w)` of the result (see `random_scale_crop`), or None to
+            keep the image's size (no scale jitter: flip and colour jitter only).
         flip_probability: probability of the horizontal flip.
         scale_range: scale jitter range (`(1, 1)` keeps the scale: only fits to `output_size`).
         min_visibility: boxes keeping less of their area in the crop are dropped.
@@ -228,6 +229,10 @@ def augment_detection(image, targets, seed, output_size, flip_probability=0.5,
 
     Returns:
         `(image [out_h, out_w, 3], targets)`.
+
+    Example:
+        >>> t = {"boxes": tf.constant([[1.0, 2.0, 5.0, 9.0]]), "classes": tf.constant([0])}
+        >>> image, t = augment_detection(tf.zeros((16, 16, 3)), t, tf.constant([1, 2]), (16, 16))
     """
     if not 0.0 <= flip_probability <= 1.0:
         raise ValueError(f"`flip_probability` must be in [0, 1]. Received: "
@@ -239,8 +244,9 @@ def augment_detection(image, targets, seed, output_size, flip_probability=0.5,
     flip = tf.random.stateless_uniform([], seeds[0]) < flip_probability
     image, targets = tf.cond(flip, lambda: flip_horizontal(image, targets),
                              lambda: (image, dict(targets)))
-    image, targets = random_scale_crop(image, targets, seeds[1], output_size, scale_range,
-                                       min_visibility)
+    if output_size is not None:
+        image, targets = random_scale_crop(image, targets, seeds[1], tuple(output_size),
+                                           scale_range, min_visibility)
     if color_jitter_strength:
         j = float(color_jitter_strength)
         image = color_jitter(image, seeds[2], 0.2 * j, 0.3 * j, 0.3 * j, 0.05 * j)
@@ -254,7 +260,7 @@ def augment_dataset(ds, seed, output_size, **kwargs):
     Args:
         ds: `tf.data.Dataset` of single examples.
         seed: Python int.
-        output_size: `(out_h, out_w)`.
+        output_size: `(out_h, out_w)` or None (see `augment_detection`).
         **kwargs: passed to `augment_detection`.
 
     Returns:
@@ -262,6 +268,5 @@ def augment_dataset(ds, seed, output_size, **kwargs):
     """
     seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
     return tf.data.Dataset.zip((ds, seeds)).map(
-        lambda example, s: augment_detection(example[0], example[1], s, tuple(output_size),
-                                             **kwargs),
+        lambda example, s: augment_detection(example[0], example[1], s, output_size, **kwargs),
         num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

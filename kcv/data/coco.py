@@ -94,9 +94,12 @@ def coco_categories(annotations_json):
     """The `CocoCategories` (category id <-> contiguous class) of a COCO instances file.
 
     Example:
-        >>> cats = coco_categories("instances_val2017.json")
-        >>> cats.num_classes, cats.category_ids[:3]
-        (80, (1, 2, 3))
+        >>> import kcv
+        >>> _ = write_coco_json("shapes.json", "shapes", kcv.data.make_shapes_detection(2, 64),
+        ...                     ["ellipse", "rectangle", "triangle"], category_ids=[3, 7, 12])
+        >>> cats = coco_categories("shapes.json")
+        >>> cats.num_classes, cats.category_ids
+        (3, (3, 7, 12))
     """
     return CocoCategories(_read_json(annotations_json)["categories"])
 
@@ -238,8 +241,14 @@ def coco_detection(annotations_json, images_dir, batch_size=8, image_size=None, 
             outside its image, more than `max_boxes` boxes).
 
     Example:
-        >>> val = coco_detection("instances_val2017.json", "val2017", batch_size=2,
-        ...                      min_size=800, max_size=1333, shuffle=False, include_info=True)
+        >>> import kcv
+        >>> _ = write_coco_json("shapes.json", "shapes", kcv.data.make_shapes_detection(4, 64),
+        ...                     ["ellipse", "rectangle", "triangle"])
+        >>> val = coco_detection("shapes.json", "shapes", batch_size=2, min_size=80,
+        ...                      max_size=100, shuffle=False, include_info=True)
+        >>> images, targets = next(iter(val))  # 64 x 64 -> 80 x 80, padded to 96 x 96
+        >>> images.shape, targets["image_size"].numpy()[0]
+        (TensorShape([2, 96, 96, 3]), array([80, 80], dtype=int32))
     """
     fixed, min_sizes = _check_size_arguments(image_size, min_size, max_size, size_divisible)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -413,8 +422,10 @@ def write_coco_json(annotations_json, images_dir, data, class_names, category_id
         The `CocoCategories` written.
 
     Example:
+        >>> import kcv
         >>> data = kcv.data.make_shapes_detection(4, 64)
-        >>> cats = write_coco_json("shapes.json", "shapes", data, kcv.data.detection.CLASS_NAMES)
+        >>> write_coco_json("shapes.json", "shapes", data, ["ellipse", "rectangle", "triangle"])
+        CocoCategories(category_ids=(1, 2, 3), names=('ellipse', 'rectangle', 'triangle'))
     """
     class_names = list(class_names)
     if not class_names:

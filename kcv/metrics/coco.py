@@ -102,8 +102,15 @@ def coco_evaluate(annotations_json, detections, max_detections=100, image_ids=No
             annotations do not have.
 
     Example:
-        >>> stats = coco_evaluate("instances_val2017.json", "detections.json")
-        >>> stats["AP"], stats["AP50"]
+        >>> import json, kcv
+        >>> _ = kcv.data.write_coco_json("shapes.json", "shapes",
+        ...                              kcv.data.make_shapes_detection(2, 64), ["a", "b", "c"])
+        >>> with open("shapes.json") as f:
+        ...     truth = json.load(f)["annotations"]
+        >>> perfect = [{"image_id": a["image_id"], "category_id": a["category_id"],
+        ...             "bbox": a["bbox"], "score": 1.0} for a in truth]
+        >>> coco_evaluate("shapes.json", perfect)["AP"]
+        1.0
     """
     _check_max_detections(max_detections)
     if isinstance(annotations_json, dict):

@@ -84,8 +84,9 @@ def draw_detections(image, boxes, classes, scores=None, class_names=None, score_
         colour = _PALETTE[cls % len(_PALETTE)]
         ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=colour,
                                linewidth=linewidth))
+        inside = y1 < 0.08 * height  # no room above the box: write the label inside it
         ax.text(x1, y1, _label(cls, score, class_names), color="white", fontsize=6,
-                va="bottom", ha="left", clip_on=True,
+                va="top" if inside else "bottom", ha="left", clip_on=True,
                 bbox={"facecolor": colour, "edgecolor": "none", "pad": 0.5, "alpha": 0.8})
     return ax
 

@@ -110,6 +110,10 @@ def _records(annotations_json, images_dir, max_boxes, drop_empty):
     categories = CocoCategories(data["categories"])
     images = {}
     for image in data["images"]:
+        missing = [k for k in ("id", "file_name", "height", "width") if k not in image]
+        if missing:
+            raise ValueError(f"An image of {annotations_json} has no {missing}. Received: "
+                             f"{image!r}")
         path = os.path.join(images_dir, image["file_name"])
         if not os.path.isfile(path):
             raise ValueError(f"Image id {image['id']} of {annotations_json}: no such file {path}")

@@ -121,8 +121,7 @@ def test_augmented_multi_scale_keeps_boxes_on_the_objects(tmp_path):
     ds = kcv.data.coco_detection(path, images_dir, batch_size=1, min_size=(20, 80), max_size=200,
                                  augment=True, max_boxes=1, color_jitter_strength=0.0)
     seen = set()
-    for _ in range(6):
-        batch, t = next(iter(ds))
+    for batch, t in ds.repeat(6):  # new draws each epoch
         box = t["boxes"][0, 0].numpy()
         scale = box[2] - box[0]  # height 10 at scale 1: scales 0.5 or 2
         assert scale in (5.0, 20.0)
@@ -199,6 +198,36 @@ def test_errors_name_the_file_and_id(tmp_path, change, match):
     change(images, anns)
     _dataset(tmp_path, images, anns, write=False)
     with pytest.raises(ValueError, match=match):
+        kcv.data.coco_detection(path, images_dir, batch_size=1)
+
+
+def test_fixed_size_augmentation_keeps_the_format(tmp_path):
+    path, images_dir = _dataset(tmp_path, IMAGES, ANNOTATIONS)
+
+    def run():
+        ds = kcv.data.coco_detection(path, images_dir, batch_size=2, image_size=32, augment=True,
+                                     max_boxes=3, scale_range=(0.5, 1.5))
+        return [(x.numpy(), t["boxes"].numpy(), t["classes"].numpy()) for x, t in ds]
+    first, second = run(), run()
+    for (xa, ba, ca), (xb, bb, cb) in zip(first, second):  # seeded
+        np.testing.assert_array_equal(xa, xb)
+        np.testing.assert_array_equal(ba, bb)
+        np.testing.assert_array_equal(ca, cb)
+        assert xa.shape == (2, 32, 32, 3)
+        valid = ca >= 0
+        assert (ba[~valid] == 0).all() and (ba[valid] >= 0).all() and (ba[valid] <= 32).all()
+
+
+def test_image_of_another_size_than_the_file_says_fails_naming_it(tmp_path):
+    images = [dict(IMAGES[0], height=60)]
+    path, images_dir = _dataset(tmp_path, images, [], write=False)
+    _write_image(os.path.join(images_dir, "a.png"), 30, 40)
+    ds = kcv.data.coco_detection(path, images_dir, batch_size=1)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="differs from the COCO file.*a.png"):
+        list(ds)
+    del images[0]["height"]
+    _dataset(tmp_path, images, [], write=False)
+    with pytest.raises(ValueError, match="has no \\['height'\\]"):
         kcv.data.coco_detection(path, images_dir, batch_size=1)
 
 

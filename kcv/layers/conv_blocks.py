@@ -8,116 +8,17 @@ Every block takes `norm` (`"batch"`, `"layer"`, `"instance"`, `"group"` or `None
 
 import keras
 
-from kcv.layers.normalization import normalization
-
-_NORMS = ("batch", "layer", "instance", "group", None)
-
-
-# --- argument checks and helpers shared by the kcv block layers -------------------------------
-
-
-def _check_positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
-    return value
-
-
-def _check_norm(norm, norm_groups):
-    if norm not in _NORMS:
-        raise ValueError(f"`norm` must be one of {_NORMS}. Received: norm={norm!r}")
-    _check_positive_int("norm_groups", norm_groups)
-
-
-def _check_activation(activation):
-    try:
-        keras.activations.get(activation)
-    except (ValueError, TypeError) as e:
-        raise ValueError(
-            f"`activation` must be an activation name, a Keras activation or None. "
-            f"Received: activation={activation!r}"
-        ) from e
-
-
-def _check_rates(rates):
-    if (not isinstance(rates, (list, tuple)) or not rates
-            or any(isinstance(r, bool) or not isinstance(r, int) or r < 1 for r in rates)):
-        raise ValueError(f"`rates` must be a non-empty sequence of positive integers. "
-                         f"Received: rates={rates!r}")
-
-
-def _set_block_args(layer, norm, norm_groups, activation, kernel_initializer):
-    """Validates and stores the arguments every kcv block shares."""
-    _check_norm(norm, norm_groups)
-    _check_activation(activation)
-    layer.norm = norm
-    layer.norm_groups = norm_groups
-    layer.activation = activation
-    layer.kernel_initializer = kernel_initializer
-
-
-def _unit_kwargs(layer, **overrides):
-    """Keyword arguments for a ConvBNAct sublayer that inherits `layer`'s shared settings."""
-    return {"norm": layer.norm, "norm_groups": layer.norm_groups, "activation": layer.activation,
-            "kernel_initializer": layer.kernel_initializer, "dtype": layer.dtype_policy,
-            **overrides}
-
-
-def _serialize_activation(activation):
-    if activation is None or isinstance(activation, (str, dict)):
-        return activation
-    return keras.activations.serialize(activation)
-
-
-def _channels(input_shape, layer_name):
-    if len(input_shape) != 4:
-        raise ValueError(
-            f"{layer_name} expects NHWC inputs of rank 4. Received: input_shape={input_shape}"
-        )
-    if input_shape[-1] is None:
-        raise ValueError(
-            f"{layer_name} needs a known channel count. Received: input_shape={input_shape}"
-        )
-    return int(input_shape[-1])
-
-
-def _norm_layer(layer, norm, channels, name):
-    if norm == "group" and channels % layer.norm_groups:
-        raise ValueError(
-            f"`norm_groups` must divide the channels of every normalized layer of "
-            f"{layer.__class__.__name__} ({name}). Received: norm_groups={layer.norm_groups}, "
-            f"channels={channels}")
-    return normalization(norm, groups=layer.norm_groups, channels=channels, name=name,
-                         dtype=layer.dtype_policy)
-
-
-def _build_chain(sublayers, input_shape):
-    """Builds `sublayers` (None entries skipped) in order; returns the output shape."""
-    shape = tuple(input_shape)
-    for sub in sublayers:
-        if sub is None:
-            continue
-        sub.build(shape)
-        shape = tuple(sub.compute_output_shape(shape))
-    return shape
-
-
-def _call_chain(sublayers, x, training=None):
-    for sub in sublayers:
-        if sub is None:
-            continue
-        x = sub(x, training=training)  # Keras drops `training` for layers without it
-    return x
-
-
-def _base_block_config(layer):
-    return {
-        "norm": layer.norm,
-        "norm_groups": layer.norm_groups,
-        "activation": _serialize_activation(layer.activation),
-        "kernel_initializer": keras.initializers.serialize(
-            keras.initializers.get(layer.kernel_initializer)
-        ),
-    }
+from kcv.layers._checks import (
+    base_block_config,
+    build_chain,
+    call_chain,
+    chain_output_shape,
+    check_positive_int,
+    input_channels,
+    set_block_args,
+    unit_kwargs,
+)
+from kcv.layers.normalization import block_normalization
 
 
 @keras.saving.register_keras_serializable(package="kcv")
@@ -167,13 +68,13 @@ class ConvBNAct(keras.layers.Layer):
                 raise ValueError("`filters` must be None when `depthwise=True` (the output has "
                                  f"in_channels * depth_multiplier channels). Received: "
                                  f"filters={filters!r}")
-            _check_positive_int("depth_multiplier", depth_multiplier)
+            check_positive_int("depth_multiplier", depth_multiplier)
         else:
-            _check_positive_int("filters", filters)
+            check_positive_int("filters", filters)
         if padding not in ("same", "valid"):
             raise ValueError(f"`padding` must be 'same' or 'valid'. Received: padding={padding!r}")
-        _check_positive_int("groups", groups)
-        _set_block_args(self, norm, norm_groups, activation, kernel_initializer)
+        check_positive_int("groups", groups)
+        set_block_args(self, norm, norm_groups, activation, kernel_initializer)
         self.filters = filters
         self.kernel_size = kernel_size
         self.strides = strides
@@ -185,7 +86,7 @@ class ConvBNAct(keras.layers.Layer):
         self.use_bias = use_bias
 
     def build(self, input_shape):
-        channels = _channels(input_shape, "ConvBNAct")
+        channels = input_channels(input_shape, "ConvBNAct")
         bias = self.norm is None if self.use_bias is None else self.use_bias
         if self.depthwise:
             out_channels = channels * self.depth_multiplier
@@ -205,14 +106,14 @@ class ConvBNAct(keras.layers.Layer):
                 dilation_rate=self.dilation_rate, groups=self.groups, use_bias=bias,
                 kernel_initializer=self.kernel_initializer, name="conv",
                 dtype=self.dtype_policy)
-        self.norm_layer = _norm_layer(self, self.norm, out_channels, "norm")
+        self.norm_layer = block_normalization(self, self.norm, out_channels, "norm")
         self.act = (None if self.activation is None else
                     keras.layers.Activation(self.activation, name="act",
                                             dtype=self.dtype_policy))
-        _build_chain([self.conv, self.norm_layer, self.act], input_shape)
+        build_chain([self.conv, self.norm_layer, self.act], input_shape)
 
     def call(self, inputs, training=None):
-        return _call_chain([self.conv, self.norm_layer, self.act], inputs, training)
+        return call_chain([self.conv, self.norm_layer, self.act], inputs, training)
 
     def compute_output_shape(self, input_shape):
         if not self.built:
@@ -222,7 +123,7 @@ class ConvBNAct(keras.layers.Layer):
     def get_config(self):
         return {
             **super().get_config(),
-            **_base_block_config(self),
+            **base_block_config(self),
             "filters": self.filters,
             "kernel_size": self.kernel_size,
             "strides": self.strides,
@@ -271,9 +172,9 @@ class DepthwiseSeparableConv(keras.layers.Layer):
                  norm="batch", norm_groups=32, activation="relu6",
                  kernel_initializer="he_normal", **kwargs):
         super().__init__(**kwargs)
-        _check_positive_int("filters", filters)
-        _check_positive_int("depth_multiplier", depth_multiplier)
-        _set_block_args(self, norm, norm_groups, activation, kernel_initializer)
+        check_positive_int("filters", filters)
+        check_positive_int("depth_multiplier", depth_multiplier)
+        set_block_args(self, norm, norm_groups, activation, kernel_initializer)
         self.filters = filters
         self.kernel_size = kernel_size
         self.strides = strides
@@ -281,28 +182,27 @@ class DepthwiseSeparableConv(keras.layers.Layer):
         self.depth_multiplier = depth_multiplier
 
     def build(self, input_shape):
-        _channels(input_shape, "DepthwiseSeparableConv")
+        input_channels(input_shape, "DepthwiseSeparableConv")
         self.depthwise = ConvBNAct(
             kernel_size=self.kernel_size, strides=self.strides,
             dilation_rate=self.dilation_rate, depthwise=True,
-            depth_multiplier=self.depth_multiplier, **_unit_kwargs(self, name="depthwise"))
+            depth_multiplier=self.depth_multiplier, **unit_kwargs(self, name="depthwise"))
         self.pointwise = ConvBNAct(self.filters, kernel_size=1,
-                                   **_unit_kwargs(self, name="pointwise"))
-        _build_chain([self.depthwise, self.pointwise], input_shape)
+                                   **unit_kwargs(self, name="pointwise"))
+        build_chain([self.depthwise, self.pointwise], input_shape)
 
     def call(self, inputs, training=None):
-        return _call_chain([self.depthwise, self.pointwise], inputs, training)
+        return call_chain([self.depthwise, self.pointwise], inputs, training)
 
     def compute_output_shape(self, input_shape):
         if not self.built:
             self.build(input_shape)
-        return self.pointwise.compute_output_shape(
-            self.depthwise.compute_output_shape(input_shape))
+        return chain_output_shape([self.depthwise, self.pointwise], input_shape)
 
     def get_config(self):
         return {
             **super().get_config(),
-            **_base_block_config(self),
+            **base_block_config(self),
             "filters": self.filters,
             "kernel_size": self.kernel_size,
             "strides": self.strides,
@@ -351,9 +251,9 @@ class InvertedResidual(keras.layers.Layer):
                  norm="batch", norm_groups=32, activation="relu6",
                  kernel_initializer="he_normal", **kwargs):
         super().__init__(**kwargs)
-        _check_positive_int("filters", filters)
-        _check_positive_int("expansion", expansion)
-        _set_block_args(self, norm, norm_groups, activation, kernel_initializer)
+        check_positive_int("filters", filters)
+        check_positive_int("expansion", expansion)
+        set_block_args(self, norm, norm_groups, activation, kernel_initializer)
         self.filters = filters
         self.expansion = expansion
         self.strides = strides
@@ -361,39 +261,35 @@ class InvertedResidual(keras.layers.Layer):
         self.dilation_rate = dilation_rate
 
     def build(self, input_shape):
-        channels = _channels(input_shape, "InvertedResidual")
+        channels = input_channels(input_shape, "InvertedResidual")
         self.expand = (None if self.expansion == 1 else
                        ConvBNAct(channels * self.expansion, kernel_size=1,
-                                 **_unit_kwargs(self, name="expand")))
+                                 **unit_kwargs(self, name="expand")))
         self.depthwise = ConvBNAct(
             kernel_size=self.kernel_size, strides=self.strides,
             dilation_rate=self.dilation_rate, depthwise=True,
-            **_unit_kwargs(self, name="depthwise"))
+            **unit_kwargs(self, name="depthwise"))
         self.project = ConvBNAct(self.filters, kernel_size=1,
-                                 **_unit_kwargs(self, name="project", activation=None))
+                                 **unit_kwargs(self, name="project", activation=None))
         strides = self.strides if isinstance(self.strides, int) else tuple(self.strides)
         self.use_residual = strides in (1, (1, 1)) and channels == self.filters
         self.add = keras.layers.Add(name="add", dtype=self.dtype_policy) if self.use_residual \
             else None
-        _build_chain([self.expand, self.depthwise, self.project], input_shape)
+        build_chain([self.expand, self.depthwise, self.project], input_shape)
 
     def call(self, inputs, training=None):
-        x = _call_chain([self.expand, self.depthwise, self.project], inputs, training)
+        x = call_chain([self.expand, self.depthwise, self.project], inputs, training)
         return self.add([inputs, x]) if self.use_residual else x
 
     def compute_output_shape(self, input_shape):
         if not self.built:
             self.build(input_shape)
-        shape = input_shape
-        for sub in (self.expand, self.depthwise, self.project):
-            if sub is not None:
-                shape = sub.compute_output_shape(shape)
-        return shape
+        return chain_output_shape([self.expand, self.depthwise, self.project], input_shape)
 
     def get_config(self):
         return {
             **super().get_config(),
-            **_base_block_config(self),
+            **base_block_config(self),
             "filters": self.filters,
             "expansion": self.expansion,
             "strides": self.strides,
@@ -415,8 +311,8 @@ class _ResidualBlock(keras.layers.Layer):
     def __init__(self, filters, strides=1, dilation_rate=1, norm="batch", norm_groups=32,
                  activation="relu", kernel_initializer="he_normal", **kwargs):
         super().__init__(**kwargs)
-        _check_positive_int("filters", filters)
-        _set_block_args(self, norm, norm_groups, activation, kernel_initializer)
+        check_positive_int("filters", filters)
+        set_block_args(self, norm, norm_groups, activation, kernel_initializer)
         self.filters = filters
         self.strides = strides
         self.dilation_rate = dilation_rate
@@ -434,17 +330,17 @@ class _ResidualBlock(keras.layers.Layer):
         if activation != "default":
             overrides["activation"] = activation
         return ConvBNAct(filters, kernel_size=kernel_size, strides=strides,
-                         dilation_rate=dilation_rate, **_unit_kwargs(self, **overrides))
+                         dilation_rate=dilation_rate, **unit_kwargs(self, **overrides))
 
     def build(self, input_shape):
-        channels = _channels(input_shape, self.__class__.__name__)
+        channels = input_channels(input_shape, self.__class__.__name__)
         strides = self.strides if isinstance(self.strides, int) else tuple(self.strides)
         self.use_projection = strides not in (1, (1, 1)) or channels != self.output_channels
         if self._PREACT:
-            self.preact_norm = _norm_layer(self, self.norm, channels, "preact_norm")
+            self.preact_norm = block_normalization(self, self.norm, channels, "preact_norm")
             self.preact_act = keras.layers.Activation(self.activation, name="preact_act",
                                                       dtype=self.dtype_policy)
-            shape = _build_chain([self.preact_norm, self.preact_act], input_shape)
+            shape = build_chain([self.preact_norm, self.preact_act], input_shape)
         else:
             shape = tuple(input_shape)
         self.residual = self._residual_layers(channels)
@@ -455,7 +351,7 @@ class _ResidualBlock(keras.layers.Layer):
                          if self.use_projection else None)
         if self.shortcut is not None:
             self.shortcut.build(shape)
-        _build_chain(self.residual, shape)
+        build_chain(self.residual, shape)
         self.add = keras.layers.Add(name="add", dtype=self.dtype_policy)
         self.out_act = (None if self._PREACT else
                         keras.layers.Activation(self.activation, name="out_act",
@@ -463,27 +359,24 @@ class _ResidualBlock(keras.layers.Layer):
 
     def call(self, inputs, training=None):
         if self._PREACT:
-            x = _call_chain([self.preact_norm, self.preact_act], inputs, training)
+            x = call_chain([self.preact_norm, self.preact_act], inputs, training)
             shortcut = self.shortcut(x, training=training) if self.use_projection else inputs
         else:
             x = inputs
             shortcut = self.shortcut(inputs, training=training) if self.use_projection \
                 else inputs
-        x = self.add([shortcut, _call_chain(self.residual, x, training)])
+        x = self.add([shortcut, call_chain(self.residual, x, training)])
         return x if self.out_act is None else self.out_act(x)
 
     def compute_output_shape(self, input_shape):
         if not self.built:
             self.build(input_shape)
-        shape = tuple(input_shape)
-        for sub in self.residual:
-            shape = tuple(sub.compute_output_shape(shape))
-        return shape
+        return chain_output_shape(self.residual, input_shape)
 
     def get_config(self):
         return {
             **super().get_config(),
-            **_base_block_config(self),
+            **base_block_config(self),
             "filters": self.filters,
             "strides": self.strides,
             "dilation_rate": self.dilation_rate,

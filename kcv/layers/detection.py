@@ -5,6 +5,7 @@ import tensorflow as tf
 
 from custom_ops import boxes as box_ops
 from custom_ops.nms import batched_nms
+from kcv.layers._checks import check_positive_int
 
 _ACTIVATIONS = ("sigmoid", "softmax", "none")
 
@@ -56,9 +57,8 @@ class DetectionPostProcess(keras.layers.Layer):
                  pre_nms_top_k=1000, box_weights=(1.0, 1.0, 1.0, 1.0), score_activation="sigmoid",
                  background_class=None, **kwargs):
         super().__init__(**kwargs)
-        for arg, value in (("max_detections", max_detections), ("pre_nms_top_k", pre_nms_top_k)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"`{arg}` must be a positive int. Received: {arg}={value!r}")
+        check_positive_int("max_detections", max_detections)
+        check_positive_int("pre_nms_top_k", pre_nms_top_k)
         if not 0.0 <= float(iou_threshold) <= 1.0:
             raise ValueError(f"`iou_threshold` must be in [0, 1]. Received: iou_threshold={iou_threshold!r}")
         if score_activation not in _ACTIVATIONS:

@@ -4,15 +4,15 @@ import math
 
 import keras
 
-from kcv.layers.conv_blocks import (
-    ConvBNAct,
-    _base_block_config,
-    _channels,
-    _check_positive_int,
-    _check_rates,
-    _set_block_args,
-    _unit_kwargs,
+from kcv.layers._checks import (
+    base_block_config,
+    check_positive_int,
+    check_rates,
+    input_channels,
+    set_block_args,
+    unit_kwargs,
 )
+from kcv.layers.conv_blocks import ConvBNAct
 
 
 def _uncovered_offsets(rates, kernel_size):
@@ -66,11 +66,11 @@ class HybridDilatedConv(keras.layers.Layer):
     def __init__(self, filters, rates=(1, 2, 5), kernel_size=3, norm="batch", norm_groups=32,
                  activation="relu", kernel_initializer="he_normal", **kwargs):
         super().__init__(**kwargs)
-        _check_positive_int("filters", filters)
-        _check_positive_int("kernel_size", kernel_size)
+        check_positive_int("filters", filters)
+        check_positive_int("kernel_size", kernel_size)
         if kernel_size % 2 == 0:
             raise ValueError(f"`kernel_size` must be odd. Received: kernel_size={kernel_size}")
-        _check_rates(rates)
+        check_rates(rates)
         common = math.gcd(*rates)
         if common > 1:
             raise ValueError(
@@ -86,16 +86,16 @@ class HybridDilatedConv(keras.layers.Layer):
                 f"{kernel_size}, so neighbouring outputs still miss the same input pixels. "
                 f"Keep each rate within the span the other rates cover, e.g. (1, 2, 5). "
                 f"Received: rates={rates!r}")
-        _set_block_args(self, norm, norm_groups, activation, kernel_initializer)
+        set_block_args(self, norm, norm_groups, activation, kernel_initializer)
         self.filters = filters
         self.rates = rates
         self.kernel_size = kernel_size
 
     def build(self, input_shape):
-        _channels(input_shape, "HybridDilatedConv")
+        input_channels(input_shape, "HybridDilatedConv")
         self.convs = [
             ConvBNAct(self.filters, kernel_size=self.kernel_size, dilation_rate=r,
-                      **_unit_kwargs(self, name=f"conv_{i}"))
+                      **unit_kwargs(self, name=f"conv_{i}"))
             for i, r in enumerate(self.rates)]
         shape = tuple(input_shape)
         for conv in self.convs:
@@ -114,7 +114,7 @@ class HybridDilatedConv(keras.layers.Layer):
     def get_config(self):
         return {
             **super().get_config(),
-            **_base_block_config(self),
+            **base_block_config(self),
             "filters": self.filters,
             "rates": list(self.rates),
             "kernel_size": self.kernel_size,

@@ -37,11 +37,10 @@ class ASPP(keras.layers.Layer):
         filters: width of every branch and of the output. Default 256 (the paper's).
         rates: dilation rates of the 3 x 3 branches. Default (6, 12, 18) (output stride 16;
             double them for output stride 8).
-        norm: normalization kind (see `ConvBNAct`). Default "batch".
-        norm_groups: groups for `norm="group"`. Default 32.
+        norm, norm_groups, kernel_initializer: as in `ConvBNAct`; defaults "batch", 32,
+            "he_normal".
         activation: activation. Default "relu".
         dropout: dropout rate after the projection. Default 0.0 (torchvision uses 0.5).
-        kernel_initializer: initializer of the kernels. Default "he_normal".
         **kwargs: base `keras.layers.Layer` arguments.
 
     Input shape: `[N, H, W, C]`. Output shape: `[N, H, W, filters]`.

@@ -45,8 +45,15 @@ class DetectionPostProcess(keras.layers.Layer):
         `class_outputs`), `[B]` int32 counts; entries past `num_detections` are zeros.
 
     Example:
-        >>> post = kcv.layers.DetectionPostProcess(max_detections=10, box_weights=(10, 10, 5, 5))
+        >>> anchors = tf.constant([[0.0, 0.0, 10.0, 10.0], [0.0, 20.0, 10.0, 30.0]])
+        >>> deltas = tf.constant([[[0.0, 0.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0]]])  # dy = 1 * h / 10
+        >>> logits = tf.constant([[[4.0, -4.0], [-4.0, 3.0]]])  # anchor 0: class 0, 1: class 1
+        >>> post = DetectionPostProcess(max_detections=3, box_weights=(10, 10, 5, 5))
         >>> boxes, scores, classes, num = post([deltas, logits, anchors])
+        >>> num.numpy().tolist(), classes.numpy().tolist()
+        ([2], [[0, 1, 0]])
+        >>> boxes.numpy()[0].round(3).tolist()  # the third row is padding
+        [[0.0, 0.0, 10.0, 10.0], [1.0, 20.0, 11.0, 30.0], [0.0, 0.0, 0.0, 0.0]]
 
     Reference:
         Liu et al., "SSD: Single Shot MultiBox Detector", ECCV 2016; Lin et al., "Focal Loss for

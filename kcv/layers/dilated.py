@@ -46,10 +46,9 @@ class HybridDilatedConv(keras.layers.Layer):
         filters: channels of every convolution and of the output.
         rates: dilation rates, one convolution per rate. Default (1, 2, 5).
         kernel_size: odd kernel size of every convolution. Default 3.
-        norm: normalization kind (see `ConvBNAct`). Default "batch".
-        norm_groups: groups for `norm="group"`. Default 32.
+        norm, norm_groups, kernel_initializer: as in `ConvBNAct`; defaults "batch", 32,
+            "he_normal".
         activation: activation after every convolution. Default "relu".
-        kernel_initializer: initializer of the kernels. Default "he_normal".
         **kwargs: base `keras.layers.Layer` arguments.
 
     Input shape: `[N, H, W, C]`. Output shape: `[N, H, W, filters]`.

@@ -140,8 +140,50 @@ class ConvBNAct(keras.layers.Layer):
         }
 
 
+class _MobileNetBlock(keras.layers.Layer):
+    """Shared anatomy of the MobileNet blocks: arguments, the depthwise unit, shape, config.
+
+    Subclasses build their sublayers in `build()` and list them, in order, in `_units()`.
+    """
+
+    def __init__(self, filters, kernel_size, strides, dilation_rate, norm, norm_groups,
+                 activation, kernel_initializer, **kwargs):
+        super().__init__(**kwargs)
+        check_positive_int("filters", filters)
+        check_int_or_pair("strides", strides)
+        set_block_args(self, norm, norm_groups, activation, kernel_initializer)
+        self.filters = filters
+        self.kernel_size = kernel_size
+        self.strides = strides
+        self.dilation_rate = dilation_rate
+
+    def _depthwise_unit(self, depth_multiplier=1):
+        """The k x k depthwise ConvBNAct with this block's geometry and shared arguments."""
+        return ConvBNAct(kernel_size=self.kernel_size, strides=self.strides,
+                         dilation_rate=self.dilation_rate, depthwise=True,
+                         depth_multiplier=depth_multiplier, **unit_kwargs(self, name="depthwise"))
+
+    def call(self, inputs, training=None):
+        return call_chain(self._units(), inputs, training)
+
+    def compute_output_shape(self, input_shape):
+        if not self.built:
+            self.build(input_shape)
+        return chain_output_shape(self._units(), input_shape)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            **base_block_config(self),
+            "filters": self.filters,
+            "kernel_size": self.kernel_size,
+            "strides": self.strides,
+            "dilation_rate": self.dilation_rate,
+        }
+
+
 @keras.saving.register_keras_serializable(package="kcv")
-class DepthwiseSeparableConv(keras.layers.Layer):
+class DepthwiseSeparableConv(_MobileNetBlock):
     """Depthwise separable convolution (MobileNet v1): depthwise k x k, norm, activation, then
     pointwise 1 x 1, norm, activation.
 
@@ -174,48 +216,26 @@ class DepthwiseSeparableConv(keras.layers.Layer):
     def __init__(self, filters, kernel_size=3, strides=1, dilation_rate=1, depth_multiplier=1,
                  norm="batch", norm_groups=32, activation="relu6",
                  kernel_initializer="he_normal", **kwargs):
-        super().__init__(**kwargs)
-        check_positive_int("filters", filters)
-        check_positive_int("depth_multiplier", depth_multiplier)
-        set_block_args(self, norm, norm_groups, activation, kernel_initializer)
-        self.filters = filters
-        self.kernel_size = kernel_size
-        self.strides = strides
-        self.dilation_rate = dilation_rate
-        self.depth_multiplier = depth_multiplier
+        super().__init__(filters, kernel_size, strides, dilation_rate, norm, norm_groups,
+                         activation, kernel_initializer, **kwargs)
+        self.depth_multiplier = check_positive_int("depth_multiplier", depth_multiplier)
 
     def build(self, input_shape):
         input_channels(input_shape, "DepthwiseSeparableConv")
-        self.depthwise = ConvBNAct(
-            kernel_size=self.kernel_size, strides=self.strides,
-            dilation_rate=self.dilation_rate, depthwise=True,
-            depth_multiplier=self.depth_multiplier, **unit_kwargs(self, name="depthwise"))
+        self.depthwise = self._depthwise_unit(depth_multiplier=self.depth_multiplier)
         self.pointwise = ConvBNAct(self.filters, kernel_size=1,
                                    **unit_kwargs(self, name="pointwise"))
-        build_chain([self.depthwise, self.pointwise], input_shape)
+        build_chain(self._units(), input_shape)
 
-    def call(self, inputs, training=None):
-        return call_chain([self.depthwise, self.pointwise], inputs, training)
-
-    def compute_output_shape(self, input_shape):
-        if not self.built:
-            self.build(input_shape)
-        return chain_output_shape([self.depthwise, self.pointwise], input_shape)
+    def _units(self):
+        return [self.depthwise, self.pointwise]
 
     def get_config(self):
-        return {
-            **super().get_config(),
-            **base_block_config(self),
-            "filters": self.filters,
-            "kernel_size": self.kernel_size,
-            "strides": self.strides,
-            "dilation_rate": self.dilation_rate,
-            "depth_multiplier": self.depth_multiplier,
-        }
+        return {**super().get_config(), "depth_multiplier": self.depth_multiplier}
 
 
 @keras.saving.register_keras_serializable(package="kcv")
-class InvertedResidual(keras.layers.Layer):
+class InvertedResidual(_MobileNetBlock):
     """MobileNet v2 inverted residual block with a linear bottleneck.
 
     1 x 1 expansion to `in_channels * expansion` channels (skipped when `expansion == 1`), norm,
@@ -252,50 +272,30 @@ class InvertedResidual(keras.layers.Layer):
     def __init__(self, filters, expansion=6, strides=1, kernel_size=3, dilation_rate=1,
                  norm="batch", norm_groups=32, activation="relu6",
                  kernel_initializer="he_normal", **kwargs):
-        super().__init__(**kwargs)
-        check_positive_int("filters", filters)
-        check_positive_int("expansion", expansion)
-        check_int_or_pair("strides", strides)
-        set_block_args(self, norm, norm_groups, activation, kernel_initializer)
-        self.filters = filters
-        self.expansion = expansion
-        self.strides = strides
-        self.kernel_size = kernel_size
-        self.dilation_rate = dilation_rate
+        super().__init__(filters, kernel_size, strides, dilation_rate, norm, norm_groups,
+                         activation, kernel_initializer, **kwargs)
+        self.expansion = check_positive_int("expansion", expansion)
 
     def build(self, input_shape):
         channels = input_channels(input_shape, "InvertedResidual")
         self.expand = (None if self.expansion == 1 else
                        ConvBNAct(channels * self.expansion, kernel_size=1,
                                  **unit_kwargs(self, name="expand")))
-        self.depthwise = ConvBNAct(
-            kernel_size=self.kernel_size, strides=self.strides,
-            dilation_rate=self.dilation_rate, depthwise=True,
-            **unit_kwargs(self, name="depthwise"))
+        self.depthwise = self._depthwise_unit()
         self.project = ConvBNAct(self.filters, kernel_size=1,
                                  **unit_kwargs(self, name="project", activation=None))
         self.use_residual = (check_int_or_pair("strides", self.strides) == (1, 1)
                              and channels == self.filters)
         self.add = keras.layers.Add(name="add", dtype=self.dtype_policy) if self.use_residual \
             else None
-        build_chain([self.expand, self.depthwise, self.project], input_shape)
+        build_chain(self._units(), input_shape)
 
     def call(self, inputs, training=None):
-        x = call_chain([self.expand, self.depthwise, self.project], inputs, training)
+        x = super().call(inputs, training)
         return self.add([inputs, x]) if self.use_residual else x
 
-    def compute_output_shape(self, input_shape):
-        if not self.built:
-            self.build(input_shape)
-        return chain_output_shape([self.expand, self.depthwise, self.project], input_shape)
+    def _units(self):
+        return [self.expand, self.depthwise, self.project]
 
     def get_config(self):
-        return {
-            **super().get_config(),
-            **base_block_config(self),
-            "filters": self.filters,
-            "expansion": self.expansion,
-            "strides": self.strides,
-            "kernel_size": self.kernel_size,
-            "dilation_rate": self.dilation_rate,
-        }
+        return {**super().get_config(), "expansion": self.expansion}

@@ -6,6 +6,8 @@ import keras
 
 from kcv.layers._checks import (
     base_block_config,
+    build_chain,
+    call_chain,
     check_positive_int,
     check_rates,
     input_channels,
@@ -96,16 +98,10 @@ class HybridDilatedConv(keras.layers.Layer):
             ConvBNAct(self.filters, kernel_size=self.kernel_size, dilation_rate=r,
                       **unit_kwargs(self, name=f"conv_{i}"))
             for i, r in enumerate(self.rates)]
-        shape = tuple(input_shape)
-        for conv in self.convs:
-            conv.build(shape)
-            shape = conv.compute_output_shape(shape)
+        build_chain(self.convs, input_shape)
 
     def call(self, inputs, training=None):
-        x = inputs
-        for conv in self.convs:
-            x = conv(x, training=training)
-        return x
+        return call_chain(self.convs, inputs, training)
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (self.filters,)

@@ -86,13 +86,10 @@ class _ResidualBlock(keras.layers.Layer):
                                                 dtype=self.dtype_policy))
 
     def call(self, inputs, training=None):
-        if self._PREACT:
-            x = call_chain([self.preact_norm, self.preact_act], inputs, training)
-            shortcut = self.shortcut(x, training=training) if self.use_projection else inputs
-        else:
-            x = inputs
-            shortcut = self.shortcut(inputs, training=training) if self.use_projection \
-                else inputs
+        x = (call_chain([self.preact_norm, self.preact_act], inputs, training) if self._PREACT
+             else inputs)
+        # A projection reads the pre-activated input; the identity shortcut is the input itself.
+        shortcut = self.shortcut(x, training=training) if self.use_projection else inputs
         x = self.add([shortcut, call_chain(self.residual, x, training)])
         return x if self.out_act is None else self.out_act(x)
 

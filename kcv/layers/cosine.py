@@ -3,7 +3,7 @@
 import keras
 import tensorflow as tf
 
-from kcv.layers.conv_blocks import _check_positive_int
+from kcv.layers._checks import check_positive_int
 
 
 @keras.saving.register_keras_serializable(package="kcv")
@@ -42,7 +42,7 @@ class CosineClassifier(keras.layers.Layer):
     def __init__(self, num_classes, kernel_initializer="glorot_uniform", kernel_regularizer=None,
                  epsilon=1e-12, **kwargs):
         super().__init__(**kwargs)
-        _check_positive_int("num_classes", num_classes)
+        check_positive_int("num_classes", num_classes)
         if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or epsilon <= 0:
             raise ValueError(f"`epsilon` must be a positive number. Received: epsilon={epsilon!r}")
         self.num_classes = num_classes

@@ -269,7 +269,9 @@ def check_op(op, reference, make_inputs, *, dtypes=("float32", "float64"), seeds
        the op's private autodiff `_<op>_reference`).
     3. Gradient check (`gradients=True`): `tf.test.compute_gradient` in float64 for every seed
        (`check_gradients`), with respect to `grad_args`.
-    4. XLA (`xla=True`): `tf.function(op, jit_compile=True)` equals eager (float32, first seed).
+    4. Graph and XLA (`xla=True`): under `tf.function` and `tf.function(jit_compile=True)` the
+       outputs, and the gradients of step 2 unless both gradient checks are off, equal eager
+       (float32, first seed).
     5. Error cases: each `(overrides, exception, match)` in `error_cases` updates the inputs of
        the first seed with the dict `overrides` and must raise `exception` whose message
        matches the regular expression `match`.
@@ -312,45 +314,60 @@ def check_op(op, reference, make_inputs, *, dtypes=("float32", "float64"), seeds
                     g, w, atol=atol[dtype], rtol=0,
                     err_msg=f"forward output {i} differs from the reference ({dtype}, seed {seed})")
     if backward or gradients:
+        # One trace for all seeds: compute_gradient calls the function once per input element.
+        traced = tf.function(lambda values, inputs: op(**{**inputs, **values}))
         for seed in seeds:
             inputs = make_inputs(seed, "float64")
             names = _grad_names(inputs, grad_args)
             if backward:
-                _check_backward(op, reference, inputs, names, seed)
+                got = _forward_and_gradients(op, inputs, names, seed)
+                want = _forward_and_gradients(reference, inputs, names, seed)
+                for n, g, w in zip(names, got[1], want[1]):
+                    np.testing.assert_allclose(
+                        g, w, atol=1e-10, rtol=1e-8,
+                        err_msg=f"gradient of `{n}` differs from the reference's (seed {seed})")
             if gradients:
-                def fn(*values, inputs=inputs, names=names):
-                    return op(**{**inputs, **dict(zip(names, values))})
+                others = {k: tf.constant(v) if isinstance(v, np.ndarray) else v
+                          for k, v in inputs.items() if k not in names}
+
+                def fn(*values, others=others, names=names):
+                    return traced(dict(zip(names, values)), others)
 
                 check_gradients(fn, [inputs[n] for n in names], **(grad_tolerance or {}))
     if xla:
         inputs = make_inputs(seeds[0], "float32")
-        eager = _numpy_outputs(op(**inputs))
-        compiled = _numpy_outputs(tf.function(lambda kw: op(**kw), jit_compile=True)(inputs))
-        for i, (e, c) in enumerate(zip(eager, compiled)):
-            np.testing.assert_allclose(c, e, atol=xla_atol, rtol=0,
-                                       err_msg=f"output {i} under XLA differs from eager")
+        names = _grad_names(inputs, grad_args) if backward or gradients else []
+        eager = _forward_and_gradients(op, inputs, names, seeds[0])
+        for mode, jit in (("tf.function", False), ("XLA", True)):
+            compiled = tf.function(lambda kw: _forward_and_gradients(op, kw, names, seeds[0]),
+                                   jit_compile=jit)(inputs)
+            for what, e_list, c_list in zip(("output", "gradient"), eager, compiled):
+                for i, (e, c) in enumerate(zip(e_list, c_list)):
+                    np.testing.assert_allclose(
+                        np.asarray(c), e, atol=xla_atol, rtol=0,
+                        err_msg=f"{what} {i} under {mode} differs from eager")
     for overrides, exception, match in error_cases:
         _check_error_case(op, {**make_inputs(seeds[0], dtypes[0]), **overrides}, overrides,
                           exception, match)
     return first
 
 
-def _check_backward(op, reference, inputs, names, seed):
-    dys = [np.random.default_rng(seed).normal(size=o.shape) for o in _numpy_outputs(op(**inputs))]
-    grads = []
-    for fn in (op, reference):
-        variables = {n: tf.constant(inputs[n]) for n in names}
-        with tf.GradientTape() as tape:
-            tape.watch(list(variables.values()))
-            outs = tf.nest.flatten(fn(**{**inputs, **variables}))
-            loss = tf.add_n([tf.reduce_sum(tf.cast(o, tf.float64) * dy)
-                             for o, dy in zip(outs, dys) if o.dtype.is_floating])
-        grads.append(tape.gradient(loss, list(variables.values())))
-    for n, g, w in zip(names, *grads):
-        g = np.zeros(inputs[n].shape) if g is None else np.asarray(g)
-        w = np.zeros(inputs[n].shape) if w is None else np.asarray(w)
-        np.testing.assert_allclose(g, w, atol=1e-10, rtol=1e-8,
-                                   err_msg=f"gradient of `{n}` differs from the reference's")
+def _forward_and_gradients(fn, inputs, names, seed):
+    """`(outputs, gradients)` of `fn(**inputs)`, gradients of `sum(outputs * dy)` (dy seeded)
+    with respect to the inputs `names` (zeros where `fn` gives none)."""
+    variables = {n: tf.convert_to_tensor(inputs[n]) for n in names}
+    with tf.GradientTape() as tape:
+        tape.watch(list(variables.values()))
+        outs = tf.nest.flatten(fn(**{**inputs, **variables}))
+        rng = np.random.default_rng(seed)
+        floats = [o for o in outs if o.dtype.is_floating]
+        loss = tf.add_n([tf.reduce_sum(o * rng.normal(size=o.shape).astype(o.dtype.as_numpy_dtype))
+                         for o in floats]) if floats and names else None
+    grads = tape.gradient(loss, list(variables.values())) if loss is not None else []
+    grads = [tf.zeros_like(variables[n]) if g is None else g for n, g in zip(names, grads)]
+    if tf.executing_eagerly():
+        return [np.asarray(o) for o in outs], [np.asarray(g) for g in grads]
+    return outs, grads
 
 
 def _check_error_case(op, inputs, overrides, exception, match):

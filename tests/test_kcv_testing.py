@@ -146,12 +146,35 @@ def test_check_op_catches_an_op_that_fails_under_xla():
         check_op(host_square, _numpy_square, _square_inputs, backward=False, gradients=False)
 
 
-def test_check_op_catches_an_op_that_differs_under_xla():
+def test_check_op_catches_an_op_that_differs_in_a_graph_or_under_xla():
+    from custom_ops._context import in_xla_context
+
     def eager_only_offset(x):  # a Python branch on the execution mode
         return tf.square(x) + (0.0 if tf.executing_eagerly() else 1.0)
 
-    with pytest.raises(AssertionError, match="under XLA differs from eager"):
+    def xla_only_offset(x):
+        return tf.square(x) + (1.0 if in_xla_context() else 0.0)
+
+    with pytest.raises(AssertionError, match="output 0 under tf.function differs from eager"):
         check_op(eager_only_offset, _numpy_square, _square_inputs, backward=False)
+    with pytest.raises(AssertionError, match="output 0 under XLA differs from eager"):
+        check_op(xla_only_offset, _numpy_square, _square_inputs, backward=False)
+
+
+def test_check_op_catches_a_gradient_that_differs_under_xla():
+    from custom_ops._context import in_xla_context
+
+    def square(x):
+        @tf.custom_gradient
+        def fn(x):
+            scale = 3.0 if in_xla_context() else 2.0  # wrong only when compiled
+            return x * x, lambda dy: scale * x * dy
+
+        return fn(x)
+
+    check_op(square, _autodiff_square, _square_inputs, xla=False)
+    with pytest.raises(AssertionError, match="gradient 0 under XLA differs from eager"):
+        check_op(square, _autodiff_square, _square_inputs)
 
 
 def test_check_op_catches_an_error_case_that_is_not_raised_or_says_something_else():

@@ -287,10 +287,6 @@ def test_config_round_trip_and_safe_mode_reload(tmp_path, cls, kwargs):
     assert isinstance(loaded.loss, cls) and loaded.loss.get_config() == config
 
 
-def test_exported_from_kcv_losses():
-    assert kcv.losses.TverskyLoss is TverskyLoss
-
-
 @pytest.mark.parametrize("make, match", [
     (lambda: TverskyLoss(alpha=-0.1), "alpha"),
     (lambda: TverskyLoss(beta="x"), "beta"),

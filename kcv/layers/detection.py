@@ -45,7 +45,12 @@ class DetectionPostProcess(keras.layers.Layer):
 
     Example:
         >>> post = kcv.layers.DetectionPostProcess(max_detections=10, box_weights=(10, 10, 5, 5))
+        >>> anchors = tf.constant([[0.0, 0.0, 10.0, 10.0], [20.0, 20.0, 40.0, 40.0]])
+        >>> deltas = tf.zeros([1, 2, 4])  # the boxes are the anchors
+        >>> logits = tf.constant([[[4.0, -4.0], [-4.0, 4.0]]])  # [B, anchors, classes]
         >>> boxes, scores, classes, num = post([deltas, logits, anchors])
+        >>> boxes.shape, num.numpy()
+        (TensorShape([1, 10, 4]), array([2], dtype=int32))
 
     Reference:
         Liu et al., "SSD: Single Shot MultiBox Detector", ECCV 2016; Lin et al., "Focal Loss for

@@ -91,7 +91,9 @@ class IoULoss(keras.losses.Loss):
 
     Example:
         >>> loss = kcv.losses.IoULoss(mode="ciou")
-        >>> value = loss(gt_boxes, pred_boxes)  # [B, N, 4] each
+        >>> gt_boxes = tf.constant([[[0.0, 0.0, 10.0, 10.0]]])  # [B, N, 4]
+        >>> float(loss(gt_boxes, gt_boxes))  # the same boxes: no loss
+        0.0
 
     Reference:
         Zheng et al., "Distance-IoU Loss", AAAI 2020.
@@ -120,7 +122,11 @@ class SmoothL1Loss(keras.losses.Loss):
 
     Example:
         >>> loss = kcv.losses.SmoothL1Loss(beta=1.0 / 9)
-        >>> value = loss(target_deltas, predicted_deltas)
+        >>> target_deltas = tf.zeros([1, 4])
+        >>> predicted_deltas = tf.constant([[0.5, 0.5, 0.5, 0.5]])
+        >>> value = loss(target_deltas, predicted_deltas)  # |x| >= beta: |x| - beta / 2
+        >>> value.shape
+        TensorShape([])
 
     Reference:
         Girshick, "Fast R-CNN", ICCV 2015.

@@ -91,7 +91,10 @@ class FocalLoss(keras.losses.Loss):
 
     Example:
         >>> loss = kcv.losses.FocalLoss(alpha=0.25, gamma=2.0)
+        >>> labels, class_logits = tf.constant([[1.0, 0.0]]), tf.constant([[2.0, -2.0]])
         >>> value = loss(labels, class_logits)
+        >>> value.shape
+        TensorShape([])
         >>> seg = kcv.losses.FocalLoss(alpha=[0.1, 1.0, 1.0, 1.0], mode="dense", ignore_index=255)
 
     Reference:

@@ -212,7 +212,11 @@ def tversky_loss(y_true, y_pred, alpha=0.5, beta=0.5, smooth=1.0, from_logits=Fa
         float32 `[B]`: the loss of each image.
 
     Example:
-        >>> loss = tversky_loss(masks, probs, alpha=0.3, beta=0.7)
+        >>> masks = tf.constant([[[0, 1], [2, 3]]])  # [B, H, W] class ids
+        >>> logits = tf.random.normal([1, 2, 2, 4])
+        >>> probs = tf.nn.softmax(logits)
+        >>> tversky_loss(masks, probs, alpha=0.3, beta=0.7).shape
+        TensorShape([1])
 
     Reference:
         Salehi, Erdogmus & Gholipour, "Tversky loss function for image segmentation using 3D
@@ -249,6 +253,9 @@ def dense_focal_loss(y_true, y_pred, gamma=2.0, alpha=None, from_logits=False, i
         float32 `[B]`.
 
     Example:
+        >>> masks = tf.constant([[[0, 1], [2, 3]]])  # [B, H, W] class ids
+        >>> logits = tf.random.normal([1, 2, 2, 4])
+        >>> probs = tf.nn.softmax(logits)
         >>> loss = dense_focal_loss(masks, logits, gamma=2.0, alpha=[0.1, 1.0, 1.0, 1.0],
         ...                         from_logits=True)
 
@@ -303,6 +310,9 @@ def weighted_crossentropy(y_true, y_pred, class_weights=None, from_logits=False,
         float32 `[B]`.
 
     Example:
+        >>> masks = tf.constant([[[0, 1], [2, 3]]])  # [B, H, W] class ids
+        >>> logits = tf.random.normal([1, 2, 2, 4])
+        >>> probs = tf.nn.softmax(logits)
         >>> loss = weighted_crossentropy(masks, probs, class_weights=[0.2, 1.0, 1.0, 1.0])
     """
     weights = _alpha_vector(_check_weights(class_weights), _channels(y_pred), "class_weights")
@@ -336,6 +346,8 @@ class DiceLoss(keras.losses.Loss):
         reduction, name, dtype: as `keras.losses.Loss`.
 
     Example:
+        >>> inputs = keras.Input((8, 8, 3))
+        >>> model = keras.Model(inputs, keras.layers.Conv2D(4, 1, activation="softmax")(inputs))
         >>> model.compile("adam", loss=kcv.losses.DiceLoss(from_logits=False))
     """
 
@@ -435,6 +447,8 @@ class TverskyLoss(_ArgumentLoss):
         reduction, name, dtype: as `keras.losses.Loss`.
 
     Example:
+        >>> inputs = keras.Input((8, 8, 3))
+        >>> model = keras.Model(inputs, keras.layers.Conv2D(4, 1, activation="softmax")(inputs))
         >>> model.compile("adam", loss=kcv.losses.TverskyLoss(alpha=0.3, beta=0.7))
 
     Reference:

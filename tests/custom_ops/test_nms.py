@@ -294,22 +294,30 @@ class _NMSProbe(keras.layers.Layer):
         return idx, num, sidx, ss, snum
 
 
-@pytest.mark.slow
-def test_tflite_builtins_only_and_litert_parity():
-    probs = [random_problem(64, s) for s in (19, 20)]
+def _litert_outputs(probe, seeds, atol=1e-5):
+    """Converts a probe model (64 boxes, batch 2) with builtins only; LiteRT equals Keras.
+
+    Returns the problems, the op names and the LiteRT outputs."""
+    probs = [random_problem(64, s) for s in seeds]
     boxes = np.stack([p[0] for p in probs])
     scores = np.stack([p[1] for p in probs])
     b_in, s_in = keras.Input((64, 4)), keras.Input((64,))
-    model = keras.Model([b_in, s_in], _NMSProbe()([b_in, s_in]))
+    model = keras.Model([b_in, s_in], probe([b_in, s_in]))
     expected = [np.asarray(o) for o in model([boxes, scores])]
     content = export.convert_to_tflite(model, batch_size=2)
     ops = export.tflite_ops(content)
     assert not [op for op in ops if op.startswith("Flex") or op == "CUSTOM"], ops
-    assert "WHILE" in ops
     got = export.run_tflite(content, [boxes, scores], input_names=export.input_names(model),
-                           output_names=export.output_names(model))
+                            output_names=export.output_names(model))
     for e, g in zip(expected, got):
-        np.testing.assert_allclose(g, e, atol=1e-5)
+        np.testing.assert_allclose(g, e, atol=atol)
+    return probs, ops, got
+
+
+@pytest.mark.slow
+def test_tflite_builtins_only_and_litert_parity():
+    probs, ops, got = _litert_outputs(_NMSProbe(), (19, 20))
+    assert "WHILE" in ops
     for b, (bx, sc) in enumerate(probs):  # and both are right
         keep = np_greedy(bx, sc, 0.5)[0][:20]
         np.testing.assert_array_equal(got[0][b, : len(keep)], keep)
@@ -446,18 +454,7 @@ class _WeightedDiouProbe(keras.layers.Layer):
 
 @pytest.mark.slow
 def test_padded_weighted_and_diou_nms_tflite_builtins_only_and_litert_parity():
-    probs = [random_problem(64, s) for s in (29, 30)]
-    boxes = np.stack([p[0] for p in probs])
-    scores = np.stack([p[1] for p in probs])
-    b_in, s_in = keras.Input((64, 4)), keras.Input((64,))
-    model = keras.Model([b_in, s_in], _WeightedDiouProbe()([b_in, s_in]))
-    content = export.convert_to_tflite(model, batch_size=2)
-    ops = export.tflite_ops(content)
-    assert not [op for op in ops if op.startswith("Flex") or op == "CUSTOM"], ops
-    got = export.run_tflite(content, [boxes, scores], input_names=export.input_names(model),
-                            output_names=export.output_names(model))
-    for e, g in zip(model([boxes, scores]), got):
-        np.testing.assert_allclose(g, np.asarray(e), atol=1e-4)
+    probs, _, got = _litert_outputs(_WeightedDiouProbe(), (29, 30), atol=1e-4)
     for b, (bx, sc) in enumerate(probs):  # and LiteRT gives the NumPy answers
         keep, averaged = _np_weighted(bx, sc, 0.5)
         n = min(len(keep), 20)

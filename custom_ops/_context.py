@@ -31,7 +31,7 @@ def in_xla_context():
     Example:
         >>> in_xla_context()
         False
-        >>> tf.function(lambda: tf.constant(in_xla_context()), jit_compile=True)().numpy()
+        >>> bool(tf.function(lambda: tf.constant(in_xla_context()), jit_compile=True)())
         True
     """
     try:

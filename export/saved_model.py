@@ -23,7 +23,10 @@ def to_saved_model(model, path, overwrite=False, batch_size=None):
         The path written, as a string.
 
     Example:
+        >>> inputs = keras.Input((8, 8, 3), name="image")
+        >>> model = keras.Model(inputs, keras.layers.Conv2D(2, 3)(inputs))
         >>> to_saved_model(model, "exports/unet/1")  # TF Serving's versioned layout
+        'exports/unet/1'
     """
     path = prepare_path(path, overwrite)
     write_saved_model(model, path, input_specs(model, batch_size=batch_size))

@@ -161,8 +161,12 @@ def to_tflite(model, path, quantization=None, representative_data=None, overwrit
         The path written.
 
     Example:
+        >>> inputs = keras.Input((8, 8, 3), name="image")
+        >>> model = keras.Model(inputs, keras.layers.Conv2D(2, 3)(inputs))
+        >>> images = np.random.default_rng(0).random((4, 8, 8, 3), dtype=np.float32)
         >>> to_tflite(model, "unet_int8.tflite", quantization="int8",
-        ...           representative_data=val_ds.take(20))
+        ...           representative_data=[images[i:i + 1] for i in range(4)])
+        'unet_int8.tflite'
     """
     path = prepare_path(path, overwrite)
     content = convert_to_tflite(model, quantization, representative_data, batch_size, int8_io)

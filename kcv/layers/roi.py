@@ -85,7 +85,11 @@ class RoIAlign(_RoILayer):
         [K, output_height, output_width, C] in the layer's compute dtype.
 
     Example:
-        >>> pooled = RoIAlign(7, spatial_scale=1 / 16)([features, boxes, box_indices])
+        >>> features = tf.random.normal([2, 50, 68, 256])
+        >>> boxes = tf.constant([[16.0, 32.0, 320.0, 480.0]])  # y1, x1, y2, x2 image pixels
+        >>> box_indices = tf.constant([0])
+        >>> RoIAlign(7, spatial_scale=1 / 16)([features, boxes, box_indices]).shape
+        TensorShape([1, 7, 7, 256])
 
     Reference:
         He et al., "Mask R-CNN", ICCV 2017.
@@ -126,7 +130,11 @@ class RoIPool(_RoILayer):
         [K, output_height, output_width, C] in the layer's compute dtype.
 
     Example:
-        >>> pooled = RoIPool(7, spatial_scale=1 / 16)([features, boxes, box_indices])
+        >>> features = tf.random.normal([2, 50, 68, 256])
+        >>> boxes = tf.constant([[16.0, 32.0, 320.0, 480.0]])  # y1, x1, y2, x2 image pixels
+        >>> box_indices = tf.constant([0])
+        >>> RoIPool(7, spatial_scale=1 / 16)([features, boxes, box_indices]).shape
+        TensorShape([1, 7, 7, 256])
 
     Reference:
         Girshick, "Fast R-CNN", ICCV 2015.
@@ -170,7 +178,10 @@ class MultiScaleRoIAlign(_RoILayer):
         [K, output_height, output_width, C].
 
     Example:
-        >>> pooled = MultiScaleRoIAlign(7)([p2, p3, p4, p5, boxes, box_indices])
+        >>> p2, p3, p4, p5 = [tf.random.normal([1, 64 // s, 64 // s, 8]) for s in (4, 8, 16, 32)]
+        >>> boxes, box_indices = tf.constant([[0.0, 0.0, 32.0, 48.0]]), tf.constant([0])
+        >>> MultiScaleRoIAlign(7)([p2, p3, p4, p5, boxes, box_indices]).shape
+        TensorShape([1, 7, 7, 8])
 
     Reference:
         Lin et al., "Feature Pyramid Networks for Object Detection", CVPR 2017.

@@ -79,8 +79,16 @@ def fit(model, x=None, y=None, *, backup_dir=None, checkpoint_dir=None, save_bes
     it, and each needs its own `backup_dir` (e.g. suffixed with the task index).
 
     Example:
-        >>> history = kcv.training.fit(model, train_ds, epochs=50, validation_data=val_ds,
-        ...                            backup_dir="runs/a/backup", checkpoint_dir="runs/a/ckpt")
+        >>> inputs = keras.Input((4,))
+        >>> model = keras.Model(inputs, keras.layers.Dense(1)(inputs))
+        >>> model.compile("sgd", "mse")
+        >>> train_ds = tf.data.Dataset.from_tensor_slices((tf.zeros([8, 4]), tf.zeros([8, 1])))
+        >>> train_ds = val_ds = train_ds.batch(4)
+        >>> history = kcv.training.fit(model, train_ds, epochs=2, validation_data=val_ds,
+        ...                            backup_dir="runs/a/backup", checkpoint_dir="runs/a/ckpt",
+        ...                            verbose=0)
+        >>> len(history.history["loss"])
+        2
 
     Reference:
         Keras `BackupAndRestore` (fault-tolerant training) and `ModelCheckpoint`.

@@ -238,9 +238,15 @@ class LRFinder(keras.callbacks.Callback):
 
     Example:
         >>> finder = LRFinder(1e-6, 1.0, num_steps=100)
-        >>> model.fit(train.repeat(), steps_per_epoch=100, epochs=1, callbacks=[finder])
-        >>> finder.suggested_lr, finder.confident, finder.reason
-        >>> finder.plot("lr_find.png")
+        >>> inputs = keras.Input((4,))
+        >>> model = keras.Model(inputs, keras.layers.Dense(1)(inputs))
+        >>> model.compile("sgd", "mse")
+        >>> train = tf.data.Dataset.from_tensor_slices(
+        ...     (tf.random.normal([32, 4]), tf.random.normal([32, 1]))).batch(8)
+        >>> history = model.fit(train.repeat(), steps_per_epoch=100, epochs=1, callbacks=[finder],
+        ...                     verbose=0)
+        >>> lr = finder.suggested_lr
+        >>> _ = finder.plot("lr_find.png")
 
     Reference:
         Smith, "Cyclical Learning Rates for Training Neural Networks", WACV 2017, section 3.3.
@@ -417,9 +423,14 @@ def find_lr(model, dataset, start_lr=1e-7, end_lr=10.0, num_steps=100, smoothing
         `suggested_lr`, `confident`, `reason` (see `suggest_lr`) and `plot(path)`.
 
     Example:
+        >>> inputs = keras.Input((4,))
+        >>> model = keras.Model(inputs, keras.layers.Dense(1)(inputs))
+        >>> model.compile("sgd", "mse")
+        >>> train_ds = tf.data.Dataset.from_tensor_slices(
+        ...     (tf.random.normal([32, 4]), tf.random.normal([32, 1]))).batch(8)
         >>> finder = find_lr(model, train_ds, start_lr=1e-6, end_lr=1.0, num_steps=100)
-        >>> finder  # suggested_lr, confident and the reason
-        >>> finder.plot("lr_find.png")
+        >>> suggestions = finder.suggestions  # one rate per rule
+        >>> _ = finder.plot("lr_find.png")
 
     Reference:
         Smith, "Cyclical Learning Rates for Training Neural Networks", WACV 2017.

@@ -91,9 +91,11 @@ def strategy():
     Example:
         >>> strategy = kcv.training.strategy()
         >>> with strategy.scope():
-        ...     model = kcv.models.UNet((128, 128, 3), num_classes=4)
+        ...     model = kcv.models.UNet((32, 32, 3), num_classes=4, filters=4, depth=2)
         ...     model.compile("adam", "sparse_categorical_crossentropy")
-        >>> model.fit(train_ds, epochs=10)
+        >>> train_ds = tf.data.Dataset.from_tensor_slices(
+        ...     (tf.zeros([2, 32, 32, 3]), tf.zeros([2, 32, 32], tf.int32))).batch(2)
+        >>> history = model.fit(train_ds, epochs=1, verbose=0)
     """
     num_workers = _workers(os.environ.get("TF_CONFIG", ""))
     if num_workers > 1:  # before listing devices: it must run before TF initialises them

@@ -64,8 +64,29 @@ def test_float32_tflite_matches_keras_and_is_builtins_only(unet, images, tmp_pat
     assert report["max_abs_diff"] <= 1e-4
     assert report["builtins_only"]
     assert "CONV_2D" in report["ops"] and "TRANSPOSE_CONV" in report["ops"]
-    assert report["file_size_bytes"] == os.path.getsize(path)
-    assert report["median_latency_ms"] > 0
+
+
+def test_verify_reports_metric_fn_of_keras_and_litert_outputs():
+    a = keras.Input((3,), name="x")
+    model = keras.Model(a, {"twice": keras.layers.Rescaling(2.0)(a),
+                            "plus": keras.layers.Rescaling(1.0, offset=1.0)(a)})
+    x = np.arange(6, dtype="float32").reshape(2, 3)
+    seen = []
+
+    def metric_fn(keras_outputs, tflite_outputs):
+        seen.append((keras_outputs, tflite_outputs))
+        return np.float32(0.25)
+
+    report = export.verify(model, export.convert_to_tflite(model, batch_size=2), x, num_runs=1,
+                           metric_fn=metric_fn)
+    assert report["metric"] == 0.25 and type(report["metric"]) is float  # JSON-ready
+    (keras_outputs, tflite_outputs), = seen
+    for outputs in (keras_outputs, tflite_outputs):  # both in output-name order: plus, twice
+        assert len(outputs) == 2
+        np.testing.assert_allclose(outputs[0], x + 1.0, atol=1e-6)
+        np.testing.assert_allclose(outputs[1], 2.0 * x, atol=1e-6)
+    assert "metric" not in export.verify(model, export.convert_to_tflite(model, batch_size=2), x,
+                                         num_runs=1)
 
 
 def test_float16_and_dynamic_quantization_shrink_the_file_and_stay_close(unet, images):

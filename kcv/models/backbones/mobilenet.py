@@ -144,7 +144,8 @@ def MobileNetV2(input_shape=(224, 224, 3), alpha=1.0, include_top=True, weights=
     Example:
         >>> model = MobileNetV2((128, 128, 3), alpha=0.35, classes=10)
         >>> c = MobileNetV2((128, 128, 3), include_top=False, return_features=True)
-        >>> c.output["C5"].shape  # (None, 4, 4, 1280)
+        >>> c.output["C5"].shape
+        (None, 4, 4, 1280)
 
     Reference:
         Sandler et al., "MobileNetV2: Inverted Residuals and Linear Bottlenecks", CVPR 2018.

@@ -52,9 +52,11 @@ def UNetPlusPlus(input_shape, num_classes, filters=32, depth=4, deep_supervision
         `[B, H, W, num_classes]` (heads 1..depth) with deep supervision, else one tensor.
 
     Example:
-        >>> model = UNetPlusPlus((96, 96, 1), num_classes=1, filters=32, depth=4)
+        >>> model = UNetPlusPlus((32, 32, 1), num_classes=1, filters=4, depth=4)
         >>> model.compile("adam", loss=[kcv.losses.BCEDiceLoss()] * 4, loss_weights=[0.25] * 4)
-        >>> model.fit(images, [masks] * 4)
+        >>> images = np.zeros((2, 32, 32, 1), np.float32)
+        >>> masks = np.zeros((2, 32, 32, 1), np.float32)
+        >>> history = model.fit(images, [masks] * 4, verbose=0)
         >>> fast = prune(model, 2)  # inference network ending at head X(0, 2)
 
     Reference:
@@ -117,6 +119,7 @@ def prune(model, level):
         A `keras.Model` from the images to `[B, H, W, num_classes]` (the output `level<L>`).
 
     Example:
+        >>> model = UNetPlusPlus((32, 32, 1), num_classes=1, filters=4, depth=4)
         >>> fast = prune(model, 2)
         >>> fast.count_params() < model.count_params()
         True

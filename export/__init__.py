@@ -8,9 +8,10 @@ Example:
 """
 
 from export._common import input_names, output_names
+from export._litert import tflite_ops
 from export.saved_model import to_saved_model
 from export.tflite import FlexOpsError, convert_to_tflite, run_tflite, to_tflite
-from export.verify import tflite_ops, verify
+from export.verify import verify
 
 __all__ = [
     "FlexOpsError",

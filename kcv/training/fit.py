@@ -18,10 +18,16 @@ import os
 import keras
 import tensorflow as tf
 
+from kcv import _compat
+
 
 def _is_multi_worker(strategy):
-    return (isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
-            and strategy.extended._num_workers > 1)  # no public accessor
+    """A `MultiWorkerMirroredStrategy` over several workers: the `chief` and `worker` tasks of
+    its public `cluster_resolver` (read from `TF_CONFIG` unless another resolver was given)."""
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return False
+    cluster = strategy.cluster_resolver.cluster_spec().as_dict()
+    return sum(len(cluster.get(kind, [])) for kind in ("chief", "worker")) > 1
 
 
 def _mean_over_replicas(strategy, outputs):
@@ -39,7 +45,7 @@ def _use_multi_worker_step(model, strategy):
     if not model.optimizer.built:
         with strategy.scope():
             model.optimizer.build(model.trainable_variables)
-    model._distribute_strategy = None  # see the docstring
+    _compat.detach_distribute_strategy(model)  # see the docstring
     model._kcv_multi_worker_strategy = strategy
 
     @tf.function

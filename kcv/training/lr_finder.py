@@ -1,10 +1,11 @@
 """The learning-rate range test: raise the rate every batch, record the loss, read the rate off.
 
-The seed notes' method: start from a very small rate, update the network after every batch
-while the rate grows exponentially, record each batch's loss and plot loss against rate; the
-loss falls slowly at tiny rates, fast at good ones and blows up when the rate is too large. It
-works in one run because the small early updates barely move the weights, so each point is,
-approximately, a step from the initial weights at that rate.
+The range test of Smith ("Cyclical Learning Rates for Training Neural Networks", WACV 2017,
+section 3.3), with the exponential sweep of fastai's `lr_find`: start from a very small rate,
+update the network after every batch while the rate grows exponentially, record each batch's
+loss and plot loss against rate; the loss falls slowly at tiny rates, fast at good ones and
+blows up when the rate is too large. It works in one run because the small early updates barely
+move the weights, so each point is, approximately, a step from the initial weights at that rate.
 """
 
 import math
@@ -13,6 +14,8 @@ import os
 import keras
 import numpy as np
 import tensorflow as tf
+
+from kcv import _compat
 
 
 def _check_number(value, name, low=None, high=None, low_open=True):
@@ -182,12 +185,12 @@ class LRFinder(keras.callbacks.Callback):
             optimizer.build(self.model.trainable_variables)
         self._saved_weights = [np.array(w) for w in self.model.get_weights()]
         self._saved_optimizer = [np.array(v) for v in optimizer.variables]
-        # The optimizer reads its rate from `_learning_rate` (a variable or a schedule). The
-        # public setter cannot put a variable back once a schedule replaced it, so the sweep
-        # swaps the attribute itself and restores the very same object afterwards.
-        self._saved_lr = inner._learning_rate
+        # The public setter cannot put a variable back once a schedule replaced it, so the sweep
+        # swaps the rate object itself and restores the very same one (kcv/_compat.py).
+        self._saved_lr = _compat.get_learning_rate(inner)
         self._offset = int(np.array(optimizer.iterations))
-        inner._learning_rate = _Sweep(self.start_lr, self.end_lr, self.num_steps, self._offset)
+        _compat.set_learning_rate(
+            inner, _Sweep(self.start_lr, self.end_lr, self.num_steps, self._offset))
         # A train function traced by an earlier fit would still read the old rate.
         self.model.make_train_function(force=True)
 
@@ -209,7 +212,7 @@ class LRFinder(keras.callbacks.Callback):
             self.model.stop_training = True
 
     def on_train_end(self, logs=None):
-        self._inner_optimizer()._learning_rate = self._saved_lr
+        _compat.set_learning_rate(self._inner_optimizer(), self._saved_lr)
         self.model.set_weights(self._saved_weights)
         for variable, value in zip(self.model.optimizer.variables, self._saved_optimizer):
             variable.assign(value)

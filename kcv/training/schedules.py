@@ -2,8 +2,8 @@
 
 A Keras optimizer calls its schedule with the number of updates done so far (`iterations`).
 The schedules here take their lengths in epochs and a `steps_per_epoch`, and turn the update
-count into an epoch with `epoch = floor(step / steps_per_epoch)` where the seed notes' PyTorch
-rule changes the rate once per epoch (`StepDecay`, `MultiStepDecay`, `ExponentialDecay`,
+count into an epoch with `epoch = floor(step / steps_per_epoch)` where the PyTorch
+scheduler they mirror changes the rate once per epoch (`StepDecay`, `MultiStepDecay`, `ExponentialDecay`,
 `LinearDecayTail`). `WarmupCosine` and `CosineRestarts` change the rate at every update, with
 their lengths given in epochs. Where Keras already has exactly the rule (`ExponentialDecay` with
 `staircase=True`, `CosineDecay` with warmup, `CosineDecayRestarts`) the class is a thin subclass
@@ -176,9 +176,9 @@ class MultiStepDecay(_schedules.LearningRateSchedule):
 class LinearDecayTail(_schedules.LearningRateSchedule):
     """Constant rate, then a linear decay to 0 over the last `decay_epochs` epochs.
 
-    The seed notes' rule: during the last `n = decay_epochs` epochs the rate drops by
+    The rule: during the last `n = decay_epochs` epochs the rate drops by
     `initial_learning_rate / n` after each epoch, reaching 0 when training ends. With the
-    scheduler stepped at the end of each epoch (as the notes do), the rate used during epoch
+    scheduler stepped at the end of each epoch (as PyTorch's are), the rate used during epoch
     `e` is `initial_learning_rate * min(1, (total_epochs - e) / n)`, clipped at 0: the first
     of the last n epochs still trains at the full rate, the last one at `initial_learning_rate
     / n`, and `epoch = floor(step / steps_per_epoch)`.
@@ -194,8 +194,9 @@ class LinearDecayTail(_schedules.LearningRateSchedule):
         >>> schedule = LinearDecayTail(1e-3, total_epochs=100, decay_epochs=20, steps_per_epoch=50)
 
     Reference:
-        The seed notes (n-epoch linear tail, "lr = lr - lr_begin / n"); the same rule as
-        pix2pix/CycleGAN's `linear` policy.
+        Zhu et al., "Unpaired Image-to-Image Translation using Cycle-Consistent Adversarial
+        Networks" (CycleGAN), ICCV 2017: a constant rate, then a linear decay to zero over the
+        last epochs (the `linear` policy of the pix2pix/CycleGAN code).
     """
 
     def __init__(self, initial_learning_rate, total_epochs, decay_epochs, steps_per_epoch):
@@ -318,12 +319,14 @@ class CosineRestarts(_schedules.CosineDecayRestarts):
                          name="CosineRestarts")
         self.first_decay_epochs = first_decay_epochs
         self.steps_per_epoch = steps_per_epoch
+        self.t_mul = t_mul
+        self.m_mul = m_mul
 
     def get_config(self):
         return {"initial_learning_rate": self.initial_learning_rate,
                 "first_decay_epochs": self.first_decay_epochs,
-                "steps_per_epoch": self.steps_per_epoch, "t_mul": self._t_mul,
-                "m_mul": self._m_mul, "alpha": self.alpha}
+                "steps_per_epoch": self.steps_per_epoch, "t_mul": self.t_mul,
+                "m_mul": self.m_mul, "alpha": self.alpha}
 
 
 __all__ = ["StepDecay", "ExponentialDecay", "MultiStepDecay", "LinearDecayTail", "WarmupCosine",

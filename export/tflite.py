@@ -161,8 +161,12 @@ def to_tflite(model, path, quantization=None, representative_data=None, overwrit
         The path written.
 
     Example:
-        >>> to_tflite(model, "unet_int8.tflite", quantization="int8",
-        ...           representative_data=val_ds.take(20))
+        >>> import keras
+        >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+        >>> calibration = [np.random.default_rng(i).random((1, 4), "float32") for i in range(8)]
+        >>> to_tflite(model, "dense_int8.tflite", quantization="int8",
+        ...           representative_data=calibration)
+        'dense_int8.tflite'
     """
     path = prepare_path(path, overwrite)
     content = convert_to_tflite(model, quantization, representative_data, batch_size, int8_io)

@@ -85,8 +85,14 @@ def fit(model, x=None, y=None, *, backup_dir=None, checkpoint_dir=None, save_bes
     it, and each needs its own `backup_dir` (e.g. suffixed with the task index).
 
     Example:
-        >>> history = kcv.training.fit(model, train_ds, epochs=50, validation_data=val_ds,
-        ...                            backup_dir="runs/a/backup", checkpoint_dir="runs/a/ckpt")
+        >>> import numpy as np
+        >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+        >>> model.compile("sgd", "mse")
+        >>> x, y = np.ones((8, 4), "float32"), np.zeros((8, 1), "float32")
+        >>> history = fit(model, x, y, epochs=2, verbose=0, backup_dir="runs/a/backup",
+        ...               checkpoint_dir="runs/a/ckpt")
+        >>> sorted(os.listdir("runs/a/ckpt")), os.path.exists("runs/a/backup")
+        (['epoch_001.keras', 'epoch_002.keras'], False)
 
     Reference:
         Keras `BackupAndRestore` (fault-tolerant training) and `ModelCheckpoint`.

@@ -135,9 +135,15 @@ class LRFinder(keras.callbacks.Callback):
         divergence_threshold: stop when smoothed loss > threshold * minimum smoothed loss.
 
     Example:
-        >>> finder = LRFinder(1e-6, 1.0, num_steps=100)
-        >>> model.fit(train.repeat(), steps_per_epoch=100, epochs=1, callbacks=[finder])
-        >>> finder.suggested_lr, finder.plot("lr_find.png")
+        >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+        >>> model.compile("sgd", "mse")
+        >>> x = np.random.default_rng(0).random((32, 4), "float32")
+        >>> train = tf.data.Dataset.from_tensor_slices((x, x.sum(1, keepdims=True))).batch(8)
+        >>> finder = LRFinder(1e-4, 1.0, num_steps=20)
+        >>> _ = model.fit(train.repeat(), steps_per_epoch=20, epochs=1, callbacks=[finder],
+        ...               verbose=0)
+        >>> 1e-4 <= finder.suggested_lr <= 1.0, finder.plot("lr_find.png")
+        (True, 'lr_find.png')
 
     Reference:
         Smith, "Cyclical Learning Rates for Training Neural Networks", WACV 2017, section 3.3.
@@ -284,9 +290,15 @@ def find_lr(model, dataset, start_lr=1e-7, end_lr=10.0, num_steps=100, smoothing
         `suggested_lr` and `plot(path)`.
 
     Example:
-        >>> finder = find_lr(model, train_ds, start_lr=1e-6, end_lr=1.0, num_steps=100)
-        >>> print(finder.suggestions)
+        >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+        >>> model.compile("sgd", "mse")
+        >>> x = np.random.default_rng(0).random((32, 4), "float32")
+        >>> train_ds = tf.data.Dataset.from_tensor_slices((x, x.sum(1, keepdims=True))).batch(8)
+        >>> finder = find_lr(model, train_ds, start_lr=1e-4, end_lr=1.0, num_steps=20)
+        >>> sorted(finder.suggestions)
+        ['minimum_over_10', 'steepest']
         >>> finder.plot("lr_find.png")
+        'lr_find.png'
 
     Reference:
         Smith, "Cyclical Learning Rates for Training Neural Networks", WACV 2017.

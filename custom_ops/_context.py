@@ -1,8 +1,9 @@
 """Where is an op being traced? Helpers for ops that compile their internals with XLA.
 
-Some ops (RoIAlign, deformable convolution) run their gather/scatter internals as small nested
-`tf.function(jit_compile=True)` programs, because TensorFlow's own kernels materialise large
-intermediates that XLA fuses away. They must not do so when
+Some ops run their internals as small nested `tf.function(jit_compile=True)` programs: RoIAlign
+and deformable convolution their gathers/scatters (TensorFlow's own kernels materialise large
+intermediates that XLA fuses away), the NMS family its `while_loop` (XLA fuses each step's small
+ops). They must not do so when
 
 * the caller is already compiled with XLA (`jit_compile=True`, e.g. Keras' `model.fit`): the
   plain ops then join the caller's XLA program, and nesting a compiled function there is
@@ -64,7 +65,14 @@ def in_save_context(if_unknown=True):
 def use_nested_xla():
     """True when an op may run its internals as nested `jit_compile=True` functions.
 
-    That is: not already inside an XLA cluster and not writing a SavedModel (see module doc).
+    That is: not already inside an XLA cluster and not writing a SavedModel (see module doc);
+    False when TensorFlow cannot tell.
+
+    Example:
+        >>> use_nested_xla()  # eager
+        True
+        >>> bool(tf.function(lambda: tf.constant(use_nested_xla()), jit_compile=True)())
+        False
     """
     return not in_xla_context() and not in_save_context()
 
@@ -74,6 +82,10 @@ def padded_bins(bins, bins_per_box):
 
     XLA compiles one program per shape; bucketing bounds the recompilations for a varying
     number of boxes K to about log2(K_max).
+
+    Example:
+        >>> int(padded_bins(tf.constant(5 * 4), bins_per_box=4))  # 5 boxes -> 8 boxes
+        32
     """
     boxes = tf.maximum(bins // bins_per_box, 1)
     exponent = tf.math.ceil(tf.math.log(tf.cast(boxes, tf.float64)) / math.log(2.0) - 1e-9)

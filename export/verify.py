@@ -9,7 +9,7 @@ from export._common import input_names, named_outputs, output_names
 from export._litert import interpreter, tflite_ops
 from export.tflite import run_tflite
 
-__all__ = ["tflite_ops", "verify"]
+__all__ = ["verify"]
 
 _BUILTIN_EXCLUDE = ("Flex", "CUSTOM")
 

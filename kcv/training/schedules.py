@@ -65,6 +65,8 @@ class StepDecay(_schedules.ExponentialDecay):
     Example:
         >>> schedule = StepDecay(0.1, step_size=30, steps_per_epoch=100, gamma=0.1)
         >>> optimizer = keras.optimizers.SGD(schedule, momentum=0.9)
+        >>> [round(float(schedule(step)), 6) for step in (0, 2999, 3000)]  # epochs 0, 29, 30
+        [0.1, 0.1, 0.01]
 
     Reference:
         PyTorch `torch.optim.lr_scheduler.StepLR`.
@@ -102,6 +104,8 @@ class ExponentialDecay(_schedules.ExponentialDecay):
 
     Example:
         >>> schedule = ExponentialDecay(2e-4, steps_per_epoch=50, gamma=0.95)
+        >>> [round(float(schedule(step)), 7) for step in (49, 50, 100)]  # epochs 0, 1, 2
+        [0.0002, 0.00019, 0.0001805]
 
     Reference:
         PyTorch `torch.optim.lr_scheduler.ExponentialLR`.
@@ -138,6 +142,8 @@ class MultiStepDecay(_schedules.LearningRateSchedule):
 
     Example:
         >>> schedule = MultiStepDecay(0.1, milestones=[30, 80], steps_per_epoch=100)
+        >>> [round(float(schedule(epoch * 100)), 6) for epoch in (29, 30, 80)]
+        [0.1, 0.01, 0.001]
 
     Reference:
         PyTorch `torch.optim.lr_scheduler.MultiStepLR`.
@@ -192,6 +198,8 @@ class LinearDecayTail(_schedules.LearningRateSchedule):
 
     Example:
         >>> schedule = LinearDecayTail(1e-3, total_epochs=100, decay_epochs=20, steps_per_epoch=50)
+        >>> [round(float(schedule(epoch * 50)), 6) for epoch in (80, 81, 99)]
+        [0.001, 0.00095, 5e-05]
 
     Reference:
         Zhu et al., "Unpaired Image-to-Image Translation using Cycle-Consistent Adversarial
@@ -245,6 +253,8 @@ class WarmupCosine(_schedules.CosineDecay):
 
     Example:
         >>> schedule = WarmupCosine(1e-3, warmup_epochs=2, decay_epochs=48, steps_per_epoch=100)
+        >>> [round(float(schedule(step)), 6) for step in (0, 100, 200, 2600, 5000)]
+        [0.0, 0.0005, 0.001, 0.0005, 0.0]
 
     Reference:
         Loshchilov & Hutter, "SGDR: Stochastic Gradient Descent with Warm Restarts", ICLR 2017;
@@ -300,6 +310,8 @@ class CosineRestarts(_schedules.CosineDecayRestarts):
 
     Example:
         >>> schedule = CosineRestarts(0.05, first_decay_epochs=10, steps_per_epoch=100)
+        >>> [round(float(schedule(step)), 6) for step in (0, 500, 1000, 2000)]  # restart at 1000
+        [0.05, 0.025, 0.05, 0.025]
 
     Reference:
         Loshchilov & Hutter, "SGDR: Stochastic Gradient Descent with Warm Restarts", ICLR 2017.

@@ -141,7 +141,7 @@ class LRFinder(keras.callbacks.Callback):
         >>> train = tf.data.Dataset.from_tensor_slices((x, x.sum(1, keepdims=True))).batch(8)
         >>> finder = LRFinder(1e-4, 1.0, num_steps=20)
         >>> _ = model.fit(train.repeat(), steps_per_epoch=20, epochs=1, callbacks=[finder],
-        ...               verbose=0)
+        ...               shuffle=False, verbose=0)
         >>> 1e-4 <= finder.suggested_lr <= 1.0, finder.plot("lr_find.png")
         (True, 'lr_find.png')
 

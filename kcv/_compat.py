@@ -14,6 +14,11 @@ Keras privates (no public substitute):
   fails under a multi-worker `MultiWorkerMirroredStrategy` (keras-team/keras#20585);
   `kcv.training.fit` clears this attribute so that Keras skips its broken distributed build and
   runs kcv's per-replica train function inside the surrounding `strategy.scope()` instead.
+* `keras.layers.Layer._convert_input_args` and `._allow_non_tensor_positional_args`: set by
+  `kcv.layers.RoIAlign`/`RoIPool`/`MultiScaleRoIAlign` (as Keras' own functional models do)
+  so that Keras does not autocast their box inputs to float16 under mixed precision (pixel
+  coordinates need float32; the layers cast the feature maps themselves) and, with that
+  conversion off, still accepts NumPy arrays in their input list.
 
 `PRIVATE_ATTRIBUTES` lists all of them (with custom_ops' TensorFlow ones) as
 `(owner, attribute, why)`; `tests/test_compat.py` checks each exists in the installed Keras and
@@ -30,6 +35,10 @@ _KERAS_ATTRIBUTES = (
      "LRFinder swaps the rate variable/schedule for its sweep and restores the same object"),
     ("keras.Model", "_distribute_strategy",
      "fit under multi-worker skips Keras' broken distributed build (keras-team/keras#20585)"),
+    ("keras.layers.Layer", "_convert_input_args",
+     "the RoI layers keep their boxes float32 under mixed precision (no input autocast)"),
+    ("keras.layers.Layer", "_allow_non_tensor_positional_args",
+     "the RoI layers accept NumPy arrays in their input list (input conversion is off)"),
 )
 
 PRIVATE_ATTRIBUTES = _TF_ATTRIBUTES + _KERAS_ATTRIBUTES

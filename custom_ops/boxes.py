@@ -251,8 +251,9 @@ def clip_boxes(boxes, image_shape):
 
 
 def _check_weights(weights):
+    """The coder weights as 4 floats; `None` means no scaling, `(1, 1, 1, 1)`."""
     if weights is None:
-        return None
+        return (1.0, 1.0, 1.0, 1.0)
     weights = tuple(float(w) for w in weights)
     if len(weights) != 4 or any(w <= 0 for w in weights):
         raise ValueError(
@@ -275,7 +276,8 @@ def encode_boxes(boxes, anchors, weights=(1.0, 1.0, 1.0, 1.0)):
     Args:
         boxes: float Tensor `[..., 4]`, the ground-truth boxes.
         anchors: float Tensor `[..., 4]` broadcastable with `boxes`, positive sizes.
-        weights: `(wy, wx, wh, ww)`, e.g. `(10, 10, 5, 5)` for the Fast R-CNN box head.
+        weights: `(wy, wx, wh, ww)`, e.g. `(10, 10, 5, 5)` for the Fast R-CNN box head;
+            `None` is `(1, 1, 1, 1)`.
 
     Returns:
         deltas `[..., 4]`, `[dy, dx, dh, dw]`.
@@ -308,7 +310,7 @@ def decode_boxes(deltas, anchors, weights=(1.0, 1.0, 1.0, 1.0), clip=_DEFAULT_CL
     Args:
         deltas: float Tensor `[..., 4]`.
         anchors: float Tensor `[..., 4]` broadcastable with `deltas`.
-        weights: `(wy, wx, wh, ww)` used when encoding.
+        weights: `(wy, wx, wh, ww)` used when encoding; `None` is `(1, 1, 1, 1)`.
         clip: upper bound of the log-size deltas, or `None` for no clipping.
 
     Returns:

@@ -9,6 +9,7 @@ TFLite with builtin ops only with the same outputs in the LiteRT interpreter.
 """
 
 import copy
+import inspect
 import json
 import os
 import subprocess
@@ -243,3 +244,162 @@ def check_gradients(fn, args, *, delta=1e-4, atol=1e-6, rtol=1e-5):
         np.testing.assert_allclose(
             t, n, atol=atol, rtol=rtol, err_msg=f"gradient of argument {i} disagrees with finite differences"
         )
+
+
+# === Losses ===
+
+# The Keras 3.15 reductions (`keras.losses.Loss(reduction=...)`) as NumPy of the per-sample
+# losses, without sample weights; "none" and None return the per-sample values themselves.
+_LOSS_REDUCTIONS = {
+    "sum": np.sum,
+    "sum_over_batch_size": np.mean,
+    "mean": np.mean,
+    "mean_with_sample_weight": np.mean,
+}
+
+
+def _function_arguments(loss_fn, kwargs):
+    """The part of `kwargs` that `loss_fn` takes (all of it if it takes `**kwargs`)."""
+    params = inspect.signature(loss_fn).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return dict(kwargs)
+    names = {p.name for p in params}
+    return {k: v for k, v in kwargs.items() if k in names}
+
+
+def _as_json(value):
+    return json.loads(json.dumps(value))
+
+
+def _loss_model(loss, y_pred):
+    """A model that returns its input (no weights), compiled with `loss`: its `evaluate` on
+    `(y_pred, y_true)` is the loss of `y_pred`, computed by Keras' compiled (graph) path."""
+    inputs = keras.Input(shape=y_pred.shape[1:], dtype="float32")
+    model = keras.Model(inputs, keras.layers.Identity()(inputs))
+    model.compile(optimizer="sgd", loss=loss)
+    return model
+
+
+def _evaluate(model, y_true, y_pred):
+    return float(model.evaluate(y_pred, y_true, batch_size=len(y_pred), verbose=0))
+
+
+def _close(got, expected, rtol, atol, what):
+    np.testing.assert_allclose(np.asarray(got, np.float64), np.asarray(expected, np.float64),
+                               rtol=rtol, atol=atol, err_msg=what)
+
+
+def check_loss(loss_fn, loss_cls, y_true, y_pred, *, function_axis=None, package="kcv",
+               rtol=1e-5, atol=1e-6, keras_reload=True, mixed_precision=True,
+               mixed_precision_rtol=1e-2, **kwargs):
+    """The standard checks for a loss given as a function plus a `keras.losses.Loss` class.
+
+    1. Function == class: `loss_cls(reduction="none", **kwargs)` (and `reduction=None`) gives
+       `loss_fn(y_true, y_pred, **kwargs)` for every sample.
+    2. Reductions: each Keras 3.15 reduction ("sum", "sum_over_batch_size", "mean",
+       "mean_with_sample_weight"), also with a `sample_weight`, against NumPy of those
+       per-sample values.
+    3. Config: `get_config` is JSON-serializable and returns every argument in `kwargs`,
+       `keras.losses.deserialize(serialize(loss))` gives the same config and the same value, and
+       the class is registered as `"{package}>{ClassName}"`.
+    4. `.keras`: a tiny model compiled with the loss is saved and reloaded with
+       `safe_mode=True`; `evaluate` gives the loss value before and after.
+    5. Mixed precision: float16 `y_pred` (and float16 floating `y_true`) gives a finite loss
+       close to the float32 one, through the function and through the class with
+       `dtype="mixed_float16"`.
+
+    Args:
+        loss_fn: the loss function `loss_fn(y_true, y_pred, **kwargs)`; it gets the part of
+            `kwargs` its signature names.
+        loss_cls: the `keras.losses.Loss` subclass.
+        y_true, y_pred: arrays, batch first.
+        function_axis: for an element-wise function whose class averages over an axis (as
+            Keras' binary losses average the last axis), that axis; None when the function
+            already gives what the class reduces.
+        package: the package the class must be registered under.
+        rtol, atol: tolerance of the float32 comparisons.
+        keras_reload, mixed_precision: which of checks 4 and 5 to run (switching one off
+            needs a reason in the test).
+        mixed_precision_rtol: tolerance of float16 against float32, relative to
+            `max(1, |loss|)`.
+        **kwargs: constructor arguments of `loss_cls`.
+
+    Returns:
+        The per-sample losses (NumPy float64) of the function.
+    """
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred, np.float32)
+    fn_kwargs = _function_arguments(loss_fn, kwargs)
+
+    # 1. function == class with no reduction
+    values = np.asarray(loss_fn(y_true, y_pred, **fn_kwargs), np.float64)
+    if function_axis is not None:
+        values = values.mean(axis=function_axis)
+    for none in ("none", None):
+        got = np.asarray(loss_cls(reduction=none, **kwargs)(y_true, y_pred))
+        assert got.shape == values.shape, (
+            f"{loss_cls.__name__}(reduction={none!r}) gives shape {got.shape}, the function "
+            f"{values.shape}")
+        _close(got, values, rtol, atol, f"{loss_cls.__name__}(reduction={none!r}) differs "
+                                        f"from {getattr(loss_fn, '__name__', loss_fn)}")
+
+    # 2. reductions against NumPy, with and without sample weights
+    weights = np.random.default_rng(0).uniform(0.5, 1.5, values.shape).astype(np.float32)
+    for reduction, reduce in _LOSS_REDUCTIONS.items():
+        loss = loss_cls(reduction=reduction, **kwargs)
+        _close(loss(y_true, y_pred), reduce(values), rtol, atol,
+               f"reduction={reduction!r} differs from NumPy")
+        weighted = values * weights
+        expected = (weighted.sum() if reduction == "sum" else
+                    weighted.sum() / weights.sum() if reduction == "mean_with_sample_weight"
+                    else weighted.mean())
+        _close(loss(y_true, y_pred, sample_weight=weights), expected, rtol, atol,
+               f"reduction={reduction!r} with sample_weight differs from NumPy")
+
+    # 3. config round trip and registration
+    loss = loss_cls(**kwargs)
+    value = float(loss(y_true, y_pred))
+    config = loss.get_config()
+    json.dumps(config)
+    for key, arg in kwargs.items():
+        assert key in config and _as_json(config[key]) == _as_json(arg), (
+            f"{loss_cls.__name__}.get_config() does not return {key}={arg!r}: "
+            f"{config.get(key, '<missing>')!r}")
+    expected_name = f"{package}>{loss_cls.__name__}"
+    assert keras.saving.get_registered_name(loss_cls) == expected_name, (
+        f"{loss_cls.__name__} is registered as {keras.saving.get_registered_name(loss_cls)!r}, "
+        f"not {expected_name!r}")
+    clone = keras.losses.deserialize(keras.losses.serialize(loss))
+    assert type(clone) is loss_cls, f"deserialize gave {type(clone).__name__}"
+    assert _as_json(clone.get_config()) == _as_json(config), "config round trip changed"
+    _close(float(clone(y_true, y_pred)), value, rtol, atol, "the loss rebuilt from its config "
+                                                             "differs")
+
+    # 4. `.keras` round trip of a model compiled with the loss
+    if keras_reload:
+        model = _loss_model(loss, y_pred)
+        _close(_evaluate(model, y_true, y_pred), value, rtol, atol,
+               "model.evaluate with the compiled loss differs from the loss")
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "loss_model.keras")
+            model.save(path)
+            loaded = keras.saving.load_model(path, safe_mode=True)
+        assert type(loaded.loss) is loss_cls, f"reloaded loss is {type(loaded.loss).__name__}"
+        _close(_evaluate(loaded, y_true, y_pred), value, rtol, atol,
+               "the loss of the `.keras`-reloaded model differs")
+
+    # 5. float16 predictions
+    if mixed_precision:
+        half_pred = y_pred.astype(np.float16)
+        half_true = y_true.astype(np.float16) if y_true.dtype.kind == "f" else y_true
+        scale = max(1.0, float(np.max(np.abs(values))) if values.size else 1.0)
+        half = np.asarray(loss_fn(half_true, half_pred, **fn_kwargs), np.float64)
+        if function_axis is not None:
+            half = half.mean(axis=function_axis)
+        assert np.all(np.isfinite(half)), "the loss function is not finite for float16 inputs"
+        _close(half, values, 0, mixed_precision_rtol * scale,
+               "the loss function on float16 inputs differs from float32")
+        got = float(loss_cls(dtype="mixed_float16", **kwargs)(half_true, half_pred))
+        assert np.isfinite(got), "the loss class under mixed_float16 is not finite"
+        _close(got, value, 0, mixed_precision_rtol * max(1.0, abs(value)),
+               "the loss class under mixed_float16 differs from float32")
+    return values

@@ -11,6 +11,7 @@ from kcv_testing import (
     check_config_round_trip,
     check_gradients,
     check_layer,
+    check_loss,
     check_tflite,
 )
 
@@ -78,3 +79,92 @@ def test_models_need_a_factory():
     inputs = keras.Input((2,))
     with pytest.raises(TypeError, match="factory"):
         check_layer(keras.Model(inputs, keras.layers.Dense(1)(inputs)), np.ones((1, 2)))
+
+
+# === check_loss ===
+
+def _squared_error(y_true, y_pred, scale=1.0):
+    """Per-sample mean squared error times `scale`, computed in float32."""
+    diff = tf.cast(y_pred, tf.float32) - tf.cast(y_true, tf.float32)
+    return scale * tf.reduce_mean(tf.square(diff), axis=-1)
+
+
+@keras.saving.register_keras_serializable(package="kcv_meta")
+class ScaledSquaredError(keras.losses.Loss):
+    def __init__(self, scale=1.0, reduction="sum_over_batch_size", name="sse", dtype=None):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.scale = scale
+
+    def call(self, y_true, y_pred):
+        return _squared_error(y_true, y_pred, self.scale)
+
+    def get_config(self):
+        return {**super().get_config(), "scale": self.scale}
+
+
+@keras.saving.register_keras_serializable(package="kcv_meta")
+class DisagreesWithFunction(ScaledSquaredError):
+    def call(self, y_true, y_pred):
+        return _squared_error(y_true, y_pred, 2.0 * self.scale)
+
+
+@keras.saving.register_keras_serializable(package="kcv_meta")
+class DropsSampleWeight(ScaledSquaredError):
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        return super().__call__(y_true, y_pred)
+
+
+@keras.saving.register_keras_serializable(package="kcv_meta")
+class ForgetsLossConfig(ScaledSquaredError):
+    def get_config(self):
+        return keras.losses.Loss.get_config(self)  # drops `scale`
+
+
+@keras.saving.register_keras_serializable(package="kcv_meta")
+class OtherInGraphMode(ScaledSquaredError):
+    """Stands for a loss that takes another path in a `tf.function` (fit, evaluate)."""
+
+    def call(self, y_true, y_pred):
+        return _squared_error(y_true, y_pred, self.scale * (1.0 if tf.executing_eagerly() else 2.0))
+
+
+class NotRegistered(ScaledSquaredError):
+    pass
+
+
+def _overflowing_error(y_true, y_pred, scale=1.0):
+    """Squares in the input dtype: 300**2 = 90000 > float16 max 65504."""
+    return scale * tf.reduce_mean(tf.square(y_pred - tf.cast(y_true, y_pred.dtype)), axis=-1)
+
+
+@keras.saving.register_keras_serializable(package="kcv_meta")
+class OverflowsLossInFloat16(ScaledSquaredError):
+    def call(self, y_true, y_pred):
+        return _overflowing_error(y_true, y_pred, self.scale)
+
+
+def _loss_case(offset=1.0):
+    rng = np.random.default_rng(5)
+    y_true = rng.normal(size=(4, 3)).astype("float32")
+    return y_true, y_true + offset * rng.normal(size=(4, 3)).astype("float32")
+
+
+def test_a_correct_loss_passes_check_loss():
+    y_true, y_pred = _loss_case()
+    values = check_loss(_squared_error, ScaledSquaredError, y_true, y_pred, package="kcv_meta",
+                        scale=3.0)
+    np.testing.assert_allclose(values, 3.0 * ((y_pred - y_true) ** 2).mean(-1), rtol=1e-6)
+
+
+@pytest.mark.parametrize("cls, loss_fn, offset, match", [
+    (DisagreesWithFunction, _squared_error, 1.0, r"reduction='none'\) differs"),
+    (DropsSampleWeight, _squared_error, 1.0, "with sample_weight differs"),
+    (ForgetsLossConfig, _squared_error, 1.0, "does not return scale=3.0"),
+    (NotRegistered, _squared_error, 1.0, "registered as"),
+    (OtherInGraphMode, _squared_error, 1.0, "model.evaluate with the compiled loss differs"),
+    (OverflowsLossInFloat16, _overflowing_error, 300.0, "not finite for float16"),
+])
+def test_check_loss_catches(cls, loss_fn, offset, match):
+    y_true, y_pred = _loss_case(offset)
+    with pytest.raises(AssertionError, match=match):
+        check_loss(loss_fn, cls, y_true, y_pred, package="kcv_meta", scale=3.0)

@@ -42,10 +42,11 @@ def _texture(rng, size, channels, grid):
     return out / 3.0
 
 
-def _shape_mask(rng, kind, size, grid):
+def _shape_region(rng, kind, cy, cx, radius, grid):
+    """Boolean mask of one shape of class `kind` (1 ellipse, 2 rectangle, 3 triangle) centred
+    at `(cy, cx)` with half-size `radius` pixels; its orientation and proportions drawn from
+    `rng`."""
     yy, xx = grid
-    radius = rng.uniform(0.1, 0.22) * size
-    cy, cx = rng.uniform(radius * 0.6, size - radius * 0.6, size=2)
     theta = rng.uniform(0, np.pi)
     dy, dx = yy - cy, xx - cx
     u = np.cos(theta) * dx + np.sin(theta) * dy
@@ -70,6 +71,32 @@ def _shape_mask(rng, kind, size, grid):
         sign = s if sign is None else sign
         inside &= cross * s >= 0
     return inside
+
+
+def _shape_mask(rng, kind, size, grid):
+    radius = rng.uniform(0.1, 0.22) * size
+    cy, cx = rng.uniform(radius * 0.6, size - radius * 0.6, size=2)
+    return _shape_region(rng, kind, cy, cx, radius, grid)
+
+
+def _background(rng, size, grid):
+    """A random base colour `[3]` and the textured background image `[size, size, 3]`."""
+    base = rng.uniform(0.2, 0.8, size=3).astype(np.float32)
+    return base, base + 0.18 * _texture(rng, size, 3, grid)
+
+
+def _shape_fill(rng, base, size, grid):
+    """A textured fill `[size, size, 3]` whose colour differs from `base` by >= 0.3 somewhere."""
+    colour = rng.uniform(0.0, 1.0, size=3).astype(np.float32)
+    while np.abs(colour - base).max() < 0.3:  # keep the shape visible
+        colour = rng.uniform(0.0, 1.0, size=3).astype(np.float32)
+    return colour + 0.08 * _texture(rng, size, 3, grid)
+
+
+def _finish(rng, image, noise):
+    """Adds Gaussian pixel noise and clips to [0, 1]."""
+    image += rng.normal(0.0, noise, size=image.shape).astype(np.float32)
+    return np.clip(image, 0.0, 1.0)
 
 
 def make_shapes(num_images, image_size=64, seed=0, min_shapes=1, max_shapes=3, noise=0.08):
@@ -97,20 +124,15 @@ def make_shapes(num_images, image_size=64, seed=0, min_shapes=1, max_shapes=3, n
     images = np.empty((num_images, image_size, image_size, 3), np.float32)
     masks = np.zeros((num_images, image_size, image_size), np.int32)
     for n in range(num_images):
-        base = rng.uniform(0.2, 0.8, size=3).astype(np.float32)
-        image = base + 0.18 * _texture(rng, image_size, 3, grid)
+        base, image = _background(rng, image_size, grid)
         mask = masks[n]
         for _ in range(rng.integers(min_shapes, max_shapes + 1)):
             kind = int(rng.integers(1, NUM_CLASSES))
             region = _shape_mask(rng, kind, image_size, grid)
-            colour = rng.uniform(0.0, 1.0, size=3).astype(np.float32)
-            while np.abs(colour - base).max() < 0.3:  # keep the shape visible
-                colour = rng.uniform(0.0, 1.0, size=3).astype(np.float32)
-            fill = colour + 0.08 * _texture(rng, image_size, 3, grid)
+            fill = _shape_fill(rng, base, image_size, grid)
             image[region] = fill[region]
             mask[region] = kind
-        image += rng.normal(0.0, noise, size=image.shape).astype(np.float32)
-        images[n] = np.clip(image, 0.0, 1.0)
+        images[n] = _finish(rng, image, noise)
     return images, masks
 
 

@@ -2,18 +2,11 @@
 
 from kcv.layers.aspp import ASPP
 from kcv.layers.attention import CBAM, ChannelAttention, SpatialAttention
-from kcv.layers.conv_blocks import (
-    BasicBlock,
-    Bottleneck,
-    ConvBNAct,
-    DepthwiseSeparableConv,
-    InvertedResidual,
-    PreActBasicBlock,
-    PreActBottleneck,
-)
+from kcv.layers.conv_blocks import ConvBNAct, DepthwiseSeparableConv, InvertedResidual
 from kcv.layers.deformable import DeformableConv2D
 from kcv.layers.detection import DetectionPostProcess
 from kcv.layers.dilated import HybridDilatedConv
 from kcv.layers.normalization import normalization
+from kcv.layers.residual import BasicBlock, Bottleneck, PreActBasicBlock, PreActBottleneck
 from kcv.layers.roi import MultiScaleRoIAlign, RoIAlign, RoIPool
 from kcv.layers.upsampling import DenseUpsampling

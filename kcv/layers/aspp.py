@@ -3,15 +3,15 @@
 import keras
 import tensorflow as tf
 
-from kcv.layers.conv_blocks import (
-    ConvBNAct,
-    _base_block_config,
-    _channels,
-    _check_positive_int,
-    _check_rates,
-    _set_block_args,
-    _unit_kwargs,
+from kcv.layers._checks import (
+    base_block_config,
+    check_positive_int,
+    check_rates,
+    input_channels,
+    set_block_args,
+    unit_kwargs,
 )
+from kcv.layers.conv_blocks import ConvBNAct
 
 
 @keras.saving.register_keras_serializable(package="kcv")
@@ -37,11 +37,10 @@ class ASPP(keras.layers.Layer):
         filters: width of every branch and of the output. Default 256 (the paper's).
         rates: dilation rates of the 3 x 3 branches. Default (6, 12, 18) (output stride 16;
             double them for output stride 8).
-        norm: normalization kind (see `ConvBNAct`). Default "batch".
-        norm_groups: groups for `norm="group"`. Default 32.
+        norm, norm_groups, kernel_initializer: as in `ConvBNAct`; defaults "batch", 32,
+            "he_normal".
         activation: activation. Default "relu".
         dropout: dropout rate after the projection. Default 0.0 (torchvision uses 0.5).
-        kernel_initializer: initializer of the kernels. Default "he_normal".
         **kwargs: base `keras.layers.Layer` arguments.
 
     Input shape: `[N, H, W, C]`. Output shape: `[N, H, W, filters]`.
@@ -59,9 +58,9 @@ class ASPP(keras.layers.Layer):
     def __init__(self, filters=256, rates=(6, 12, 18), norm="batch", norm_groups=32,
                  activation="relu", dropout=0.0, kernel_initializer="he_normal", **kwargs):
         super().__init__(**kwargs)
-        _check_positive_int("filters", filters)
-        _check_rates(rates)
-        _set_block_args(self, norm, norm_groups, activation, kernel_initializer)
+        check_positive_int("filters", filters)
+        check_rates(rates)
+        set_block_args(self, norm, norm_groups, activation, kernel_initializer)
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"`dropout` must be in [0, 1). Received: dropout={dropout!r}")
         self.filters = filters
@@ -69,11 +68,11 @@ class ASPP(keras.layers.Layer):
         self.dropout = dropout
 
     def build(self, input_shape):
-        _channels(input_shape, "ASPP")
+        input_channels(input_shape, "ASPP")
 
         def unit(kernel_size, name, dilation_rate=1):
             return ConvBNAct(self.filters, kernel_size=kernel_size, dilation_rate=dilation_rate,
-                             **_unit_kwargs(self, name=name))
+                             **unit_kwargs(self, name=name))
 
         self.conv1x1 = unit(1, "conv1x1")
         self.atrous = [unit(3, f"atrous_{i}", dilation_rate=r) for i, r in enumerate(self.rates)]
@@ -110,7 +109,7 @@ class ASPP(keras.layers.Layer):
     def get_config(self):
         return {
             **super().get_config(),
-            **_base_block_config(self),
+            **base_block_config(self),
             "filters": self.filters,
             "rates": list(self.rates),
             "dropout": self.dropout,

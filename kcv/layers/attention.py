@@ -2,11 +2,11 @@
 
 import keras
 
-from kcv.layers.conv_blocks import (
-    _channels,
-    _check_activation,
-    _check_positive_int,
-    _serialize_activation,
+from kcv.layers._checks import (
+    check_activation,
+    check_positive_int,
+    input_channels,
+    serialize_activation,
 )
 
 
@@ -39,14 +39,14 @@ class ChannelAttention(keras.layers.Layer):
 
     def __init__(self, reduction_ratio=16, activation="relu", use_bias=True, **kwargs):
         super().__init__(**kwargs)
-        _check_positive_int("reduction_ratio", reduction_ratio)
-        _check_activation(activation)
+        check_positive_int("reduction_ratio", reduction_ratio)
+        check_activation(activation)
         self.reduction_ratio = reduction_ratio
         self.activation = activation
         self.use_bias = use_bias
 
     def build(self, input_shape):
-        channels = _channels(input_shape, "ChannelAttention")
+        channels = input_channels(input_shape, "ChannelAttention")
         hidden = max(1, channels // self.reduction_ratio)
         self.avg_pool = keras.layers.GlobalAveragePooling2D(keepdims=True, name="avg_pool",
                                                             dtype=self.dtype_policy)
@@ -77,7 +77,7 @@ class ChannelAttention(keras.layers.Layer):
         return {
             **super().get_config(),
             "reduction_ratio": self.reduction_ratio,
-            "activation": _serialize_activation(self.activation),
+            "activation": serialize_activation(self.activation),
             "use_bias": self.use_bias,
         }
 
@@ -109,12 +109,12 @@ class SpatialAttention(keras.layers.Layer):
 
     def __init__(self, kernel_size=7, use_bias=True, **kwargs):
         super().__init__(**kwargs)
-        _check_positive_int("kernel_size", kernel_size)
+        check_positive_int("kernel_size", kernel_size)
         self.kernel_size = kernel_size
         self.use_bias = use_bias
 
     def build(self, input_shape):
-        _channels(input_shape, "SpatialAttention")
+        input_channels(input_shape, "SpatialAttention")
         self.conv = keras.layers.Conv2D(1, self.kernel_size, padding="same",
                                         use_bias=self.use_bias, name="conv",
                                         dtype=self.dtype_policy)
@@ -166,15 +166,15 @@ class CBAM(keras.layers.Layer):
 
     def __init__(self, reduction_ratio=16, kernel_size=7, activation="relu", **kwargs):
         super().__init__(**kwargs)
-        _check_positive_int("reduction_ratio", reduction_ratio)
-        _check_positive_int("kernel_size", kernel_size)
-        _check_activation(activation)
+        check_positive_int("reduction_ratio", reduction_ratio)
+        check_positive_int("kernel_size", kernel_size)
+        check_activation(activation)
         self.reduction_ratio = reduction_ratio
         self.kernel_size = kernel_size
         self.activation = activation
 
     def build(self, input_shape):
-        _channels(input_shape, "CBAM")
+        input_channels(input_shape, "CBAM")
         self.channel_attention = ChannelAttention(self.reduction_ratio, self.activation,
                                                   name="channel_attention",
                                                   dtype=self.dtype_policy)
@@ -194,5 +194,5 @@ class CBAM(keras.layers.Layer):
             **super().get_config(),
             "reduction_ratio": self.reduction_ratio,
             "kernel_size": self.kernel_size,
-            "activation": _serialize_activation(self.activation),
+            "activation": serialize_activation(self.activation),
         }

@@ -1,5 +1,5 @@
-"""Convolutional building blocks: conv-norm-activation, separable and inverted-residual blocks,
-ResNet basic/bottleneck blocks (original and full pre-activation).
+"""Convolutional building blocks: conv-norm-activation, depthwise separable and inverted-residual
+blocks (MobileNet v1/v2). The ResNet blocks built from `ConvBNAct` are in `kcv.layers.residual`.
 
 Every block takes `norm` (`"batch"`, `"layer"`, `"instance"`, `"group"` or `None`, see
 `kcv.layers.normalization`) and `norm_groups` (groups for `"group"`), and builds its sublayers in
@@ -8,116 +8,18 @@ Every block takes `norm` (`"batch"`, `"layer"`, `"instance"`, `"group"` or `None
 
 import keras
 
-from kcv.layers.normalization import normalization
-
-_NORMS = ("batch", "layer", "instance", "group", None)
-
-
-# --- argument checks and helpers shared by the kcv block layers -------------------------------
-
-
-def _check_positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
-    return value
-
-
-def _check_norm(norm, norm_groups):
-    if norm not in _NORMS:
-        raise ValueError(f"`norm` must be one of {_NORMS}. Received: norm={norm!r}")
-    _check_positive_int("norm_groups", norm_groups)
-
-
-def _check_activation(activation):
-    try:
-        keras.activations.get(activation)
-    except (ValueError, TypeError) as e:
-        raise ValueError(
-            f"`activation` must be an activation name, a Keras activation or None. "
-            f"Received: activation={activation!r}"
-        ) from e
-
-
-def _check_rates(rates):
-    if (not isinstance(rates, (list, tuple)) or not rates
-            or any(isinstance(r, bool) or not isinstance(r, int) or r < 1 for r in rates)):
-        raise ValueError(f"`rates` must be a non-empty sequence of positive integers. "
-                         f"Received: rates={rates!r}")
-
-
-def _set_block_args(layer, norm, norm_groups, activation, kernel_initializer):
-    """Validates and stores the arguments every kcv block shares."""
-    _check_norm(norm, norm_groups)
-    _check_activation(activation)
-    layer.norm = norm
-    layer.norm_groups = norm_groups
-    layer.activation = activation
-    layer.kernel_initializer = kernel_initializer
-
-
-def _unit_kwargs(layer, **overrides):
-    """Keyword arguments for a ConvBNAct sublayer that inherits `layer`'s shared settings."""
-    return {"norm": layer.norm, "norm_groups": layer.norm_groups, "activation": layer.activation,
-            "kernel_initializer": layer.kernel_initializer, "dtype": layer.dtype_policy,
-            **overrides}
-
-
-def _serialize_activation(activation):
-    if activation is None or isinstance(activation, (str, dict)):
-        return activation
-    return keras.activations.serialize(activation)
-
-
-def _channels(input_shape, layer_name):
-    if len(input_shape) != 4:
-        raise ValueError(
-            f"{layer_name} expects NHWC inputs of rank 4. Received: input_shape={input_shape}"
-        )
-    if input_shape[-1] is None:
-        raise ValueError(
-            f"{layer_name} needs a known channel count. Received: input_shape={input_shape}"
-        )
-    return int(input_shape[-1])
-
-
-def _norm_layer(layer, norm, channels, name):
-    if norm == "group" and channels % layer.norm_groups:
-        raise ValueError(
-            f"`norm_groups` must divide the channels of every normalized layer of "
-            f"{layer.__class__.__name__} ({name}). Received: norm_groups={layer.norm_groups}, "
-            f"channels={channels}")
-    return normalization(norm, groups=layer.norm_groups, channels=channels, name=name,
-                         dtype=layer.dtype_policy)
-
-
-def _build_chain(sublayers, input_shape):
-    """Builds `sublayers` (None entries skipped) in order; returns the output shape."""
-    shape = tuple(input_shape)
-    for sub in sublayers:
-        if sub is None:
-            continue
-        sub.build(shape)
-        shape = tuple(sub.compute_output_shape(shape))
-    return shape
-
-
-def _call_chain(sublayers, x, training=None):
-    for sub in sublayers:
-        if sub is None:
-            continue
-        x = sub(x, training=training)  # Keras drops `training` for layers without it
-    return x
-
-
-def _base_block_config(layer):
-    return {
-        "norm": layer.norm,
-        "norm_groups": layer.norm_groups,
-        "activation": _serialize_activation(layer.activation),
-        "kernel_initializer": keras.initializers.serialize(
-            keras.initializers.get(layer.kernel_initializer)
-        ),
-    }
+from kcv.layers._checks import (
+    base_block_config,
+    build_chain,
+    call_chain,
+    chain_output_shape,
+    check_int_or_pair,
+    check_positive_int,
+    input_channels,
+    set_block_args,
+    unit_kwargs,
+)
+from kcv.layers.normalization import block_normalization
 
 
 @keras.saving.register_keras_serializable(package="kcv")
@@ -167,13 +69,16 @@ class ConvBNAct(keras.layers.Layer):
                 raise ValueError("`filters` must be None when `depthwise=True` (the output has "
                                  f"in_channels * depth_multiplier channels). Received: "
                                  f"filters={filters!r}")
-            _check_positive_int("depth_multiplier", depth_multiplier)
+            check_positive_int("depth_multiplier", depth_multiplier)
         else:
-            _check_positive_int("filters", filters)
+            check_positive_int("filters", filters)
         if padding not in ("same", "valid"):
             raise ValueError(f"`padding` must be 'same' or 'valid'. Received: padding={padding!r}")
-        _check_positive_int("groups", groups)
-        _set_block_args(self, norm, norm_groups, activation, kernel_initializer)
+        check_positive_int("groups", groups)
+        for name, value in (("kernel_size", kernel_size), ("strides", strides),
+                            ("dilation_rate", dilation_rate)):
+            check_int_or_pair(name, value)
+        set_block_args(self, norm, norm_groups, activation, kernel_initializer)
         self.filters = filters
         self.kernel_size = kernel_size
         self.strides = strides
@@ -185,7 +90,7 @@ class ConvBNAct(keras.layers.Layer):
         self.use_bias = use_bias
 
     def build(self, input_shape):
-        channels = _channels(input_shape, "ConvBNAct")
+        channels = input_channels(input_shape, "ConvBNAct")
         bias = self.norm is None if self.use_bias is None else self.use_bias
         if self.depthwise:
             out_channels = channels * self.depth_multiplier
@@ -205,14 +110,14 @@ class ConvBNAct(keras.layers.Layer):
                 dilation_rate=self.dilation_rate, groups=self.groups, use_bias=bias,
                 kernel_initializer=self.kernel_initializer, name="conv",
                 dtype=self.dtype_policy)
-        self.norm_layer = _norm_layer(self, self.norm, out_channels, "norm")
+        self.norm_layer = block_normalization(self, self.norm, out_channels, "norm")
         self.act = (None if self.activation is None else
                     keras.layers.Activation(self.activation, name="act",
                                             dtype=self.dtype_policy))
-        _build_chain([self.conv, self.norm_layer, self.act], input_shape)
+        build_chain([self.conv, self.norm_layer, self.act], input_shape)
 
     def call(self, inputs, training=None):
-        return _call_chain([self.conv, self.norm_layer, self.act], inputs, training)
+        return call_chain([self.conv, self.norm_layer, self.act], inputs, training)
 
     def compute_output_shape(self, input_shape):
         if not self.built:
@@ -222,7 +127,7 @@ class ConvBNAct(keras.layers.Layer):
     def get_config(self):
         return {
             **super().get_config(),
-            **_base_block_config(self),
+            **base_block_config(self),
             "filters": self.filters,
             "kernel_size": self.kernel_size,
             "strides": self.strides,
@@ -235,8 +140,50 @@ class ConvBNAct(keras.layers.Layer):
         }
 
 
+class _MobileNetBlock(keras.layers.Layer):
+    """Shared anatomy of the MobileNet blocks: arguments, the depthwise unit, shape, config.
+
+    Subclasses build their sublayers in `build()` and list them, in order, in `_units()`.
+    """
+
+    def __init__(self, filters, kernel_size, strides, dilation_rate, norm, norm_groups,
+                 activation, kernel_initializer, **kwargs):
+        super().__init__(**kwargs)
+        check_positive_int("filters", filters)
+        check_int_or_pair("strides", strides)
+        set_block_args(self, norm, norm_groups, activation, kernel_initializer)
+        self.filters = filters
+        self.kernel_size = kernel_size
+        self.strides = strides
+        self.dilation_rate = dilation_rate
+
+    def _depthwise_unit(self, depth_multiplier=1):
+        """The k x k depthwise ConvBNAct with this block's geometry and shared arguments."""
+        return ConvBNAct(kernel_size=self.kernel_size, strides=self.strides,
+                         dilation_rate=self.dilation_rate, depthwise=True,
+                         depth_multiplier=depth_multiplier, **unit_kwargs(self, name="depthwise"))
+
+    def call(self, inputs, training=None):
+        return call_chain(self._units(), inputs, training)
+
+    def compute_output_shape(self, input_shape):
+        if not self.built:
+            self.build(input_shape)
+        return chain_output_shape(self._units(), input_shape)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            **base_block_config(self),
+            "filters": self.filters,
+            "kernel_size": self.kernel_size,
+            "strides": self.strides,
+            "dilation_rate": self.dilation_rate,
+        }
+
+
 @keras.saving.register_keras_serializable(package="kcv")
-class DepthwiseSeparableConv(keras.layers.Layer):
+class DepthwiseSeparableConv(_MobileNetBlock):
     """Depthwise separable convolution (MobileNet v1): depthwise k x k, norm, activation, then
     pointwise 1 x 1, norm, activation.
 
@@ -249,10 +196,9 @@ class DepthwiseSeparableConv(keras.layers.Layer):
         strides: depthwise stride. Default 1.
         dilation_rate: depthwise dilation. Default 1.
         depth_multiplier: channels per input channel in the depthwise step. Default 1.
-        norm: normalization kind (see `ConvBNAct`). Default "batch".
-        norm_groups: groups for `norm="group"`. Default 32.
+        norm, norm_groups, kernel_initializer: as in `ConvBNAct`; defaults "batch", 32,
+            "he_normal".
         activation: activation after both steps. Default "relu6" (MobileNet).
-        kernel_initializer: initializer of both kernels. Default "he_normal".
         **kwargs: base `keras.layers.Layer` arguments.
 
     Input shape: `[N, H, W, C]`. Output shape: `[N, ceil(H / s), ceil(W / s), filters]`.
@@ -270,49 +216,26 @@ class DepthwiseSeparableConv(keras.layers.Layer):
     def __init__(self, filters, kernel_size=3, strides=1, dilation_rate=1, depth_multiplier=1,
                  norm="batch", norm_groups=32, activation="relu6",
                  kernel_initializer="he_normal", **kwargs):
-        super().__init__(**kwargs)
-        _check_positive_int("filters", filters)
-        _check_positive_int("depth_multiplier", depth_multiplier)
-        _set_block_args(self, norm, norm_groups, activation, kernel_initializer)
-        self.filters = filters
-        self.kernel_size = kernel_size
-        self.strides = strides
-        self.dilation_rate = dilation_rate
-        self.depth_multiplier = depth_multiplier
+        super().__init__(filters, kernel_size, strides, dilation_rate, norm, norm_groups,
+                         activation, kernel_initializer, **kwargs)
+        self.depth_multiplier = check_positive_int("depth_multiplier", depth_multiplier)
 
     def build(self, input_shape):
-        _channels(input_shape, "DepthwiseSeparableConv")
-        self.depthwise = ConvBNAct(
-            kernel_size=self.kernel_size, strides=self.strides,
-            dilation_rate=self.dilation_rate, depthwise=True,
-            depth_multiplier=self.depth_multiplier, **_unit_kwargs(self, name="depthwise"))
+        input_channels(input_shape, "DepthwiseSeparableConv")
+        self.depthwise = self._depthwise_unit(depth_multiplier=self.depth_multiplier)
         self.pointwise = ConvBNAct(self.filters, kernel_size=1,
-                                   **_unit_kwargs(self, name="pointwise"))
-        _build_chain([self.depthwise, self.pointwise], input_shape)
+                                   **unit_kwargs(self, name="pointwise"))
+        build_chain(self._units(), input_shape)
 
-    def call(self, inputs, training=None):
-        return _call_chain([self.depthwise, self.pointwise], inputs, training)
-
-    def compute_output_shape(self, input_shape):
-        if not self.built:
-            self.build(input_shape)
-        return self.pointwise.compute_output_shape(
-            self.depthwise.compute_output_shape(input_shape))
+    def _units(self):
+        return [self.depthwise, self.pointwise]
 
     def get_config(self):
-        return {
-            **super().get_config(),
-            **_base_block_config(self),
-            "filters": self.filters,
-            "kernel_size": self.kernel_size,
-            "strides": self.strides,
-            "dilation_rate": self.dilation_rate,
-            "depth_multiplier": self.depth_multiplier,
-        }
+        return {**super().get_config(), "depth_multiplier": self.depth_multiplier}
 
 
 @keras.saving.register_keras_serializable(package="kcv")
-class InvertedResidual(keras.layers.Layer):
+class InvertedResidual(_MobileNetBlock):
     """MobileNet v2 inverted residual block with a linear bottleneck.
 
     1 x 1 expansion to `in_channels * expansion` channels (skipped when `expansion == 1`), norm,
@@ -327,10 +250,9 @@ class InvertedResidual(keras.layers.Layer):
         strides: depthwise stride (1 or 2 in MobileNet v2). Default 1.
         kernel_size: depthwise kernel size. Default 3.
         dilation_rate: depthwise dilation (for output stride 8/16 in DeepLab). Default 1.
-        norm: normalization kind (see `ConvBNAct`). Default "batch".
-        norm_groups: groups for `norm="group"`. Default 32.
+        norm, norm_groups, kernel_initializer: as in `ConvBNAct`; defaults "batch", 32,
+            "he_normal".
         activation: activation of the expansion and depthwise steps. Default "relu6".
-        kernel_initializer: initializer of the kernels. Default "he_normal".
         **kwargs: base `keras.layers.Layer` arguments.
 
     Attributes:
@@ -350,300 +272,30 @@ class InvertedResidual(keras.layers.Layer):
     def __init__(self, filters, expansion=6, strides=1, kernel_size=3, dilation_rate=1,
                  norm="batch", norm_groups=32, activation="relu6",
                  kernel_initializer="he_normal", **kwargs):
-        super().__init__(**kwargs)
-        _check_positive_int("filters", filters)
-        _check_positive_int("expansion", expansion)
-        _set_block_args(self, norm, norm_groups, activation, kernel_initializer)
-        self.filters = filters
-        self.expansion = expansion
-        self.strides = strides
-        self.kernel_size = kernel_size
-        self.dilation_rate = dilation_rate
+        super().__init__(filters, kernel_size, strides, dilation_rate, norm, norm_groups,
+                         activation, kernel_initializer, **kwargs)
+        self.expansion = check_positive_int("expansion", expansion)
 
     def build(self, input_shape):
-        channels = _channels(input_shape, "InvertedResidual")
+        channels = input_channels(input_shape, "InvertedResidual")
         self.expand = (None if self.expansion == 1 else
                        ConvBNAct(channels * self.expansion, kernel_size=1,
-                                 **_unit_kwargs(self, name="expand")))
-        self.depthwise = ConvBNAct(
-            kernel_size=self.kernel_size, strides=self.strides,
-            dilation_rate=self.dilation_rate, depthwise=True,
-            **_unit_kwargs(self, name="depthwise"))
+                                 **unit_kwargs(self, name="expand")))
+        self.depthwise = self._depthwise_unit()
         self.project = ConvBNAct(self.filters, kernel_size=1,
-                                 **_unit_kwargs(self, name="project", activation=None))
-        strides = self.strides if isinstance(self.strides, int) else tuple(self.strides)
-        self.use_residual = strides in (1, (1, 1)) and channels == self.filters
+                                 **unit_kwargs(self, name="project", activation=None))
+        self.use_residual = (check_int_or_pair("strides", self.strides) == (1, 1)
+                             and channels == self.filters)
         self.add = keras.layers.Add(name="add", dtype=self.dtype_policy) if self.use_residual \
             else None
-        _build_chain([self.expand, self.depthwise, self.project], input_shape)
+        build_chain(self._units(), input_shape)
 
     def call(self, inputs, training=None):
-        x = _call_chain([self.expand, self.depthwise, self.project], inputs, training)
+        x = super().call(inputs, training)
         return self.add([inputs, x]) if self.use_residual else x
 
-    def compute_output_shape(self, input_shape):
-        if not self.built:
-            self.build(input_shape)
-        shape = input_shape
-        for sub in (self.expand, self.depthwise, self.project):
-            if sub is not None:
-                shape = sub.compute_output_shape(shape)
-        return shape
+    def _units(self):
+        return [self.expand, self.depthwise, self.project]
 
     def get_config(self):
-        return {
-            **super().get_config(),
-            **_base_block_config(self),
-            "filters": self.filters,
-            "expansion": self.expansion,
-            "strides": self.strides,
-            "kernel_size": self.kernel_size,
-            "dilation_rate": self.dilation_rate,
-        }
-
-
-class _ResidualBlock(keras.layers.Layer):
-    """Shared anatomy of the four ResNet blocks (arguments, shortcut, config).
-
-    Subclasses set `_EXPANSION` (output channels = filters * expansion), `_PREACT` and implement
-    `_residual_layers(channels)` returning the residual branch as a list of sublayers.
-    """
-
-    _EXPANSION = 1
-    _PREACT = False
-
-    def __init__(self, filters, strides=1, dilation_rate=1, norm="batch", norm_groups=32,
-                 activation="relu", kernel_initializer="he_normal", **kwargs):
-        super().__init__(**kwargs)
-        _check_positive_int("filters", filters)
-        _set_block_args(self, norm, norm_groups, activation, kernel_initializer)
-        self.filters = filters
-        self.strides = strides
-        self.dilation_rate = dilation_rate
-
-    @property
-    def output_channels(self):
-        return self.filters * self._EXPANSION
-
-    def _conv(self, filters, kernel_size, name, strides=1, dilation_rate=1, activation="default",
-              norm="default"):
-        """A ConvBNAct with this block's settings."""
-        overrides = {"name": name}
-        if norm != "default":
-            overrides["norm"] = norm
-        if activation != "default":
-            overrides["activation"] = activation
-        return ConvBNAct(filters, kernel_size=kernel_size, strides=strides,
-                         dilation_rate=dilation_rate, **_unit_kwargs(self, **overrides))
-
-    def build(self, input_shape):
-        channels = _channels(input_shape, self.__class__.__name__)
-        strides = self.strides if isinstance(self.strides, int) else tuple(self.strides)
-        self.use_projection = strides not in (1, (1, 1)) or channels != self.output_channels
-        if self._PREACT:
-            self.preact_norm = _norm_layer(self, self.norm, channels, "preact_norm")
-            self.preact_act = keras.layers.Activation(self.activation, name="preact_act",
-                                                      dtype=self.dtype_policy)
-            shape = _build_chain([self.preact_norm, self.preact_act], input_shape)
-        else:
-            shape = tuple(input_shape)
-        self.residual = self._residual_layers(channels)
-        # Original ResNet: 1x1 conv + norm on the shortcut; pre-activation: a bare 1x1 conv on
-        # the pre-activated input (He et al. 2016b), the sum is normalised by the next block.
-        self.shortcut = (self._conv(self.output_channels, 1, "shortcut", strides=self.strides,
-                                    activation=None, norm=None if self._PREACT else "default")
-                         if self.use_projection else None)
-        if self.shortcut is not None:
-            self.shortcut.build(shape)
-        _build_chain(self.residual, shape)
-        self.add = keras.layers.Add(name="add", dtype=self.dtype_policy)
-        self.out_act = (None if self._PREACT else
-                        keras.layers.Activation(self.activation, name="out_act",
-                                                dtype=self.dtype_policy))
-
-    def call(self, inputs, training=None):
-        if self._PREACT:
-            x = _call_chain([self.preact_norm, self.preact_act], inputs, training)
-            shortcut = self.shortcut(x, training=training) if self.use_projection else inputs
-        else:
-            x = inputs
-            shortcut = self.shortcut(inputs, training=training) if self.use_projection \
-                else inputs
-        x = self.add([shortcut, _call_chain(self.residual, x, training)])
-        return x if self.out_act is None else self.out_act(x)
-
-    def compute_output_shape(self, input_shape):
-        if not self.built:
-            self.build(input_shape)
-        shape = tuple(input_shape)
-        for sub in self.residual:
-            shape = tuple(sub.compute_output_shape(shape))
-        return shape
-
-    def get_config(self):
-        return {
-            **super().get_config(),
-            **_base_block_config(self),
-            "filters": self.filters,
-            "strides": self.strides,
-            "dilation_rate": self.dilation_rate,
-        }
-
-
-@keras.saving.register_keras_serializable(package="kcv")
-class BasicBlock(_ResidualBlock):
-    """ResNet basic block (ResNet-18/34): two 3 x 3 convolutions with a shortcut.
-
-    `relu(x_proj + bn(conv3x3(relu(bn(conv3x3_s(x))))))`, where the shortcut `x_proj` is `x`
-    itself, or a 1 x 1 strided convolution + norm when the stride is not 1 or the channel count
-    changes (option B of the paper).
-
-    Args:
-        filters: channels of both convolutions and of the output.
-        strides: stride of the first convolution (and of the projection). Default 1.
-        dilation_rate: dilation of the 3 x 3 convolutions. Default 1.
-        norm: normalization kind (see `ConvBNAct`). Default "batch".
-        norm_groups: groups for `norm="group"`. Default 32.
-        activation: activation. Default "relu".
-        kernel_initializer: initializer of the kernels. Default "he_normal".
-        **kwargs: base `keras.layers.Layer` arguments.
-
-    Input shape: `[N, H, W, C]`. Output shape: `[N, ceil(H / s), ceil(W / s), filters]`.
-
-    Example:
-        >>> x = keras.random.normal((1, 16, 16, 32))
-        >>> BasicBlock(64, strides=2)(x).shape
-        TensorShape([1, 8, 8, 64])
-
-    Reference:
-        He et al., "Deep Residual Learning for Image Recognition", CVPR 2016.
-    """
-
-    def _residual_layers(self, channels):
-        return [self._conv(self.filters, 3, "conv1", strides=self.strides,
-                           dilation_rate=self.dilation_rate),
-                self._conv(self.filters, 3, "conv2", dilation_rate=self.dilation_rate,
-                           activation=None)]
-
-
-@keras.saving.register_keras_serializable(package="kcv")
-class Bottleneck(_ResidualBlock):
-    """ResNet bottleneck block (ResNet-50/101/152): 1 x 1 reduce, 3 x 3, 1 x 1 expand (x4).
-
-    The stride sits on the 3 x 3 convolution (ResNet v1.5, as torchvision and most later
-    work; the original paper put it on the first 1 x 1). Output channels are `4 * filters`.
-    The shortcut is the identity, or a 1 x 1 strided convolution + norm when shapes differ.
-
-    Args:
-        filters: channels of the 1 x 1 and 3 x 3 convolutions; the output has `4 * filters`.
-        strides: stride of the 3 x 3 convolution (and of the projection). Default 1.
-        dilation_rate: dilation of the 3 x 3 convolution. Default 1.
-        norm: normalization kind (see `ConvBNAct`). Default "batch".
-        norm_groups: groups for `norm="group"`. Default 32.
-        activation: activation. Default "relu".
-        kernel_initializer: initializer of the kernels. Default "he_normal".
-        **kwargs: base `keras.layers.Layer` arguments.
-
-    Input shape: `[N, H, W, C]`. Output shape: `[N, ceil(H / s), ceil(W / s), 4 * filters]`.
-
-    Example:
-        >>> x = keras.random.normal((1, 16, 16, 64))
-        >>> Bottleneck(16)(x).shape  # identity shortcut: 4 * 16 == 64
-        TensorShape([1, 16, 16, 64])
-
-    Reference:
-        He et al., "Deep Residual Learning for Image Recognition", CVPR 2016.
-    """
-
-    _EXPANSION = 4
-
-    def _residual_layers(self, channels):
-        return [self._conv(self.filters, 1, "conv1"),
-                self._conv(self.filters, 3, "conv2", strides=self.strides,
-                           dilation_rate=self.dilation_rate),
-                self._conv(self.output_channels, 1, "conv3", activation=None)]
-
-
-def _preact_conv(block, filters, kernel_size, name, strides=1, dilation_rate=1, last=False):
-    """Conv, then (unless last) norm + activation: the pre-activation of the next conv."""
-    return block._conv(filters, kernel_size, name, strides=strides, dilation_rate=dilation_rate,
-                       activation=None if last else "default", norm=None if last else "default")
-
-
-@keras.saving.register_keras_serializable(package="kcv")
-class PreActBasicBlock(_ResidualBlock):
-    """Full pre-activation basic block (ResNet v2): norm, activation, conv, norm, activation,
-    conv, plus the shortcut, with nothing after the addition.
-
-    `x + conv3x3(relu(bn(conv3x3_s(relu(bn(x)))))))`. When the shape changes, the shortcut is a
-    1 x 1 strided convolution applied to the pre-activated input `relu(bn(x))` (as in the
-    authors' code). The output is not normalised: the next block's pre-activation does it, so
-    put a final norm + activation after the last block of a network.
-
-    Args:
-        filters: channels of both convolutions and of the output.
-        strides: stride of the first convolution (and of the projection). Default 1.
-        dilation_rate: dilation of the 3 x 3 convolutions. Default 1.
-        norm: normalization kind (see `ConvBNAct`). Default "batch".
-        norm_groups: groups for `norm="group"`. Default 32.
-        activation: activation. Default "relu".
-        kernel_initializer: initializer of the kernels. Default "he_normal".
-        **kwargs: base `keras.layers.Layer` arguments.
-
-    Input shape: `[N, H, W, C]`. Output shape: `[N, ceil(H / s), ceil(W / s), filters]`.
-
-    Example:
-        >>> x = keras.random.normal((1, 16, 16, 32))
-        >>> PreActBasicBlock(32)(x).shape
-        TensorShape([1, 16, 16, 32])
-
-    Reference:
-        He et al., "Identity Mappings in Deep Residual Networks", ECCV 2016.
-    """
-
-    _PREACT = True
-
-    def _residual_layers(self, channels):
-        return [_preact_conv(self, self.filters, 3, "conv1", strides=self.strides,
-                             dilation_rate=self.dilation_rate),
-                _preact_conv(self, self.filters, 3, "conv2", dilation_rate=self.dilation_rate,
-                             last=True)]
-
-
-@keras.saving.register_keras_serializable(package="kcv")
-class PreActBottleneck(_ResidualBlock):
-    """Full pre-activation bottleneck block (ResNet v2): (norm, activation, conv) x 3 with
-    1 x 1 reduce, 3 x 3 (strided), 1 x 1 expand to `4 * filters`, plus the shortcut.
-
-    The shortcut is the identity, or a 1 x 1 strided convolution on the pre-activated input
-    when the shape changes. Nothing follows the addition.
-
-    Args:
-        filters: channels of the 1 x 1 and 3 x 3 convolutions; the output has `4 * filters`.
-        strides: stride of the 3 x 3 convolution (and of the projection). Default 1.
-        dilation_rate: dilation of the 3 x 3 convolution. Default 1.
-        norm: normalization kind (see `ConvBNAct`). Default "batch".
-        norm_groups: groups for `norm="group"`. Default 32.
-        activation: activation. Default "relu".
-        kernel_initializer: initializer of the kernels. Default "he_normal".
-        **kwargs: base `keras.layers.Layer` arguments.
-
-    Input shape: `[N, H, W, C]`. Output shape: `[N, ceil(H / s), ceil(W / s), 4 * filters]`.
-
-    Example:
-        >>> x = keras.random.normal((1, 16, 16, 64))
-        >>> PreActBottleneck(32, strides=2)(x).shape
-        TensorShape([1, 8, 8, 128])
-
-    Reference:
-        He et al., "Identity Mappings in Deep Residual Networks", ECCV 2016.
-    """
-
-    _EXPANSION = 4
-    _PREACT = True
-
-    def _residual_layers(self, channels):
-        return [_preact_conv(self, self.filters, 1, "conv1"),
-                _preact_conv(self, self.filters, 3, "conv2", strides=self.strides,
-                             dilation_rate=self.dilation_rate),
-                _preact_conv(self, self.output_channels, 1, "conv3", last=True)]
+        return {**super().get_config(), "expansion": self.expansion}

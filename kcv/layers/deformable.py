@@ -3,28 +3,15 @@
 import keras
 
 from custom_ops.deform_conv import deform_conv2d
-from kcv.layers.conv_blocks import (
-    _channels,
-    _check_activation,
-    _check_positive_int,
-    _serialize_activation,
+from kcv.layers._checks import (
+    check_activation,
+    check_int_or_pair,
+    check_positive_int,
+    input_channels,
+    serialize_activation,
 )
 
 _PADDINGS = ("same", "valid")
-
-
-def _check_pair(name, value):
-    pair = (value, value) if isinstance(value, int) and not isinstance(value, bool) else value
-    if (
-        not isinstance(pair, (tuple, list))
-        or len(pair) != 2
-        or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in pair)
-    ):
-        raise ValueError(
-            f"`{name}` must be a positive integer or a pair of positive integers. "
-            f"Received: {name}={value!r}"
-        )
-    return tuple(pair)
 
 
 @keras.saving.register_keras_serializable(package="kcv")
@@ -93,17 +80,17 @@ class DeformableConv2D(keras.layers.Layer):
                  kernel_regularizer=None, bias_regularizer=None, kernel_constraint=None,
                  bias_constraint=None, **kwargs):
         super().__init__(**kwargs)
-        _check_positive_int("filters", filters)
-        _check_positive_int("groups", groups)
-        _check_positive_int("offset_groups", offset_groups)
+        check_positive_int("filters", filters)
+        check_positive_int("groups", groups)
+        check_positive_int("offset_groups", offset_groups)
         if filters % groups:
             raise ValueError(
                 f"`filters` must be divisible by `groups`. Received: filters={filters}, "
                 f"groups={groups}"
             )
-        kernel = _check_pair("kernel_size", kernel_size)
-        stride = _check_pair("strides", strides)
-        dilation = _check_pair("dilation_rate", dilation_rate)
+        kernel = check_int_or_pair("kernel_size", kernel_size)
+        stride = check_int_or_pair("strides", strides)
+        dilation = check_int_or_pair("dilation_rate", dilation_rate)
         if not isinstance(padding, str) or padding.lower() not in _PADDINGS:
             raise ValueError(f"`padding` must be one of {_PADDINGS}. Received: padding={padding!r}")
         if max(stride) > 1 and max(dilation) > 1:
@@ -112,7 +99,7 @@ class DeformableConv2D(keras.layers.Layer):
                 f"keras.layers.Conv2D). Received: strides={strides!r}, "
                 f"dilation_rate={dilation_rate!r}"
             )
-        _check_activation(activation)
+        check_activation(activation)
         if (isinstance(offset_scale, bool) or not isinstance(offset_scale, (int, float))
                 or not 0 < offset_scale < float("inf")):
             raise ValueError(
@@ -139,7 +126,7 @@ class DeformableConv2D(keras.layers.Layer):
         self._kernel_hw, self._stride_hw, self._dilation_hw = kernel, stride, dilation
 
     def build(self, input_shape):
-        channels = _channels(input_shape, "DeformableConv2D")
+        channels = input_channels(input_shape, "DeformableConv2D")
         for name, value in (("groups", self.groups), ("offset_groups", self.offset_groups)):
             if channels % value:
                 raise ValueError(
@@ -212,7 +199,7 @@ class DeformableConv2D(keras.layers.Layer):
             "offset_groups": self.offset_groups,
             "modulated": self.modulated,
             "use_bias": self.use_bias,
-            "activation": _serialize_activation(self.activation),
+            "activation": serialize_activation(self.activation),
             "offset_scale": self.offset_scale,
             "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
             "bias_initializer": keras.initializers.serialize(self.bias_initializer),

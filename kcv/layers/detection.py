@@ -5,6 +5,7 @@ import tensorflow as tf
 
 from custom_ops import boxes as box_ops
 from custom_ops.nms import batched_nms
+from kcv.layers._checks import check_positive_int
 
 _ACTIVATIONS = ("sigmoid", "softmax", "none")
 
@@ -44,8 +45,15 @@ class DetectionPostProcess(keras.layers.Layer):
         `class_outputs`), `[B]` int32 counts; entries past `num_detections` are zeros.
 
     Example:
-        >>> post = kcv.layers.DetectionPostProcess(max_detections=10, box_weights=(10, 10, 5, 5))
+        >>> anchors = tf.constant([[0.0, 0.0, 10.0, 10.0], [0.0, 20.0, 10.0, 30.0]])
+        >>> deltas = tf.constant([[[0.0, 0.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0]]])  # dy = 1 * h / 10
+        >>> logits = tf.constant([[[4.0, -4.0], [-4.0, 3.0]]])  # anchor 0: class 0, 1: class 1
+        >>> post = DetectionPostProcess(max_detections=3, box_weights=(10, 10, 5, 5))
         >>> boxes, scores, classes, num = post([deltas, logits, anchors])
+        >>> num.numpy().tolist(), classes.numpy().tolist()
+        ([2], [[0, 1, 0]])
+        >>> boxes.numpy()[0].round(3).tolist()  # the third row is padding
+        [[0.0, 0.0, 10.0, 10.0], [1.0, 20.0, 11.0, 30.0], [0.0, 0.0, 0.0, 0.0]]
 
     Reference:
         Liu et al., "SSD: Single Shot MultiBox Detector", ECCV 2016; Lin et al., "Focal Loss for
@@ -56,9 +64,8 @@ class DetectionPostProcess(keras.layers.Layer):
                  pre_nms_top_k=1000, box_weights=(1.0, 1.0, 1.0, 1.0), score_activation="sigmoid",
                  background_class=None, **kwargs):
         super().__init__(**kwargs)
-        for arg, value in (("max_detections", max_detections), ("pre_nms_top_k", pre_nms_top_k)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"`{arg}` must be a positive int. Received: {arg}={value!r}")
+        check_positive_int("max_detections", max_detections)
+        check_positive_int("pre_nms_top_k", pre_nms_top_k)
         if not 0.0 <= float(iou_threshold) <= 1.0:
             raise ValueError(f"`iou_threshold` must be in [0, 1]. Received: iou_threshold={iou_threshold!r}")
         if score_activation not in _ACTIVATIONS:

@@ -4,15 +4,17 @@ import math
 
 import keras
 
-from kcv.layers.conv_blocks import (
-    ConvBNAct,
-    _base_block_config,
-    _channels,
-    _check_positive_int,
-    _check_rates,
-    _set_block_args,
-    _unit_kwargs,
+from kcv.layers._checks import (
+    base_block_config,
+    build_chain,
+    call_chain,
+    check_positive_int,
+    check_rates,
+    input_channels,
+    set_block_args,
+    unit_kwargs,
 )
+from kcv.layers.conv_blocks import ConvBNAct
 
 
 def _uncovered_offsets(rates, kernel_size):
@@ -46,10 +48,9 @@ class HybridDilatedConv(keras.layers.Layer):
         filters: channels of every convolution and of the output.
         rates: dilation rates, one convolution per rate. Default (1, 2, 5).
         kernel_size: odd kernel size of every convolution. Default 3.
-        norm: normalization kind (see `ConvBNAct`). Default "batch".
-        norm_groups: groups for `norm="group"`. Default 32.
+        norm, norm_groups, kernel_initializer: as in `ConvBNAct`; defaults "batch", 32,
+            "he_normal".
         activation: activation after every convolution. Default "relu".
-        kernel_initializer: initializer of the kernels. Default "he_normal".
         **kwargs: base `keras.layers.Layer` arguments.
 
     Input shape: `[N, H, W, C]`. Output shape: `[N, H, W, filters]`.
@@ -66,11 +67,11 @@ class HybridDilatedConv(keras.layers.Layer):
     def __init__(self, filters, rates=(1, 2, 5), kernel_size=3, norm="batch", norm_groups=32,
                  activation="relu", kernel_initializer="he_normal", **kwargs):
         super().__init__(**kwargs)
-        _check_positive_int("filters", filters)
-        _check_positive_int("kernel_size", kernel_size)
+        check_positive_int("filters", filters)
+        check_positive_int("kernel_size", kernel_size)
         if kernel_size % 2 == 0:
             raise ValueError(f"`kernel_size` must be odd. Received: kernel_size={kernel_size}")
-        _check_rates(rates)
+        check_rates(rates)
         common = math.gcd(*rates)
         if common > 1:
             raise ValueError(
@@ -86,27 +87,21 @@ class HybridDilatedConv(keras.layers.Layer):
                 f"{kernel_size}, so neighbouring outputs still miss the same input pixels. "
                 f"Keep each rate within the span the other rates cover, e.g. (1, 2, 5). "
                 f"Received: rates={rates!r}")
-        _set_block_args(self, norm, norm_groups, activation, kernel_initializer)
+        set_block_args(self, norm, norm_groups, activation, kernel_initializer)
         self.filters = filters
         self.rates = rates
         self.kernel_size = kernel_size
 
     def build(self, input_shape):
-        _channels(input_shape, "HybridDilatedConv")
+        input_channels(input_shape, "HybridDilatedConv")
         self.convs = [
             ConvBNAct(self.filters, kernel_size=self.kernel_size, dilation_rate=r,
-                      **_unit_kwargs(self, name=f"conv_{i}"))
+                      **unit_kwargs(self, name=f"conv_{i}"))
             for i, r in enumerate(self.rates)]
-        shape = tuple(input_shape)
-        for conv in self.convs:
-            conv.build(shape)
-            shape = conv.compute_output_shape(shape)
+        build_chain(self.convs, input_shape)
 
     def call(self, inputs, training=None):
-        x = inputs
-        for conv in self.convs:
-            x = conv(x, training=training)
-        return x
+        return call_chain(self.convs, inputs, training)
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (self.filters,)
@@ -114,7 +109,7 @@ class HybridDilatedConv(keras.layers.Layer):
     def get_config(self):
         return {
             **super().get_config(),
-            **_base_block_config(self),
+            **base_block_config(self),
             "filters": self.filters,
             "rates": list(self.rates),
             "kernel_size": self.kernel_size,

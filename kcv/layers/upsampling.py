@@ -3,7 +3,7 @@
 import keras
 import tensorflow as tf
 
-from kcv.layers.conv_blocks import _channels, _check_positive_int
+from kcv.layers._checks import check_positive_int, input_channels, serialize_initializer
 
 
 @keras.saving.register_keras_serializable(package="kcv")
@@ -43,10 +43,10 @@ class DenseUpsampling(keras.layers.Layer):
     def __init__(self, filters, upsample_factor, kernel_size=3, dilation_rate=1, use_bias=True,
                  kernel_initializer="he_normal", **kwargs):
         super().__init__(**kwargs)
-        _check_positive_int("filters", filters)
-        _check_positive_int("upsample_factor", upsample_factor)
-        _check_positive_int("kernel_size", kernel_size)
-        _check_positive_int("dilation_rate", dilation_rate)
+        check_positive_int("filters", filters)
+        check_positive_int("upsample_factor", upsample_factor)
+        check_positive_int("kernel_size", kernel_size)
+        check_positive_int("dilation_rate", dilation_rate)
         self.filters = filters
         self.upsample_factor = upsample_factor
         self.kernel_size = kernel_size
@@ -55,7 +55,7 @@ class DenseUpsampling(keras.layers.Layer):
         self.kernel_initializer = kernel_initializer
 
     def build(self, input_shape):
-        _channels(input_shape, "DenseUpsampling")
+        input_channels(input_shape, "DenseUpsampling")
         self.conv = keras.layers.Conv2D(
             self.upsample_factor ** 2 * self.filters, self.kernel_size, padding="same",
             dilation_rate=self.dilation_rate, use_bias=self.use_bias,
@@ -82,6 +82,5 @@ class DenseUpsampling(keras.layers.Layer):
             "kernel_size": self.kernel_size,
             "dilation_rate": self.dilation_rate,
             "use_bias": self.use_bias,
-            "kernel_initializer": keras.initializers.serialize(
-                keras.initializers.get(self.kernel_initializer)),
+            "kernel_initializer": serialize_initializer(self.kernel_initializer),
         }

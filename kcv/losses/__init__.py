@@ -1,7 +1,7 @@
 """kcv.losses: losses as a function plus a serializable `keras.losses.Loss` class."""
 
 from kcv.losses.detection import IoULoss, SmoothL1Loss, box_iou_loss, smooth_l1_loss
-from kcv.losses.focal import FocalLoss, sigmoid_focal_loss
+from kcv.losses.focal import FocalLoss, dense_focal_loss, sigmoid_focal_loss
 from kcv.losses.segmentation import (
     BCEDiceLoss,
     DiceFocalLoss,
@@ -9,7 +9,6 @@ from kcv.losses.segmentation import (
     TverskyLoss,
     WeightedCrossentropy,
     bce_dice_loss,
-    dense_focal_loss,
     dice_focal_loss,
     dice_loss,
     tversky_loss,

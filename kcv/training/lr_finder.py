@@ -10,6 +10,7 @@ move the weights, so each point is, approximately, a step from the initial weigh
 
 import math
 import os
+import textwrap
 
 import keras
 import numpy as np
@@ -54,40 +55,138 @@ def smooth_losses(losses, smoothing=0.98):
     return np.asarray(out, np.float64)
 
 
-def suggest_lr(learning_rates, smoothed_losses):
-    """Suggested rates from a range-test curve.
+def _smoothing_weights(i, smoothing):
+    """Weights of `losses[0..i]` in `smooth_losses(losses, smoothing)[i]`."""
+    w = (1.0 - smoothing) * smoothing ** np.arange(i, -1, -1, dtype=np.float64)
+    return w / w.sum()
 
-    `steepest`: the rate where the smoothed loss falls fastest against `log10(rate)` (the most
-    negative `np.gradient`), looked for before the curve's minimum; `minimum_over_10`: the
-    rate of the minimum smoothed loss divided by 10.
+
+def suggest_lr(learning_rates, losses, smoothing=0.0, skip_start=None, min_significance=5.0):
+    """Suggested learning rate from a range-test curve, and whether the curve answers clearly.
+
+    The rule (Smith, 2017, section 3.3: pick the rate where the loss falls fastest; fastai's
+    `lr_find`: skip the first steps, steepest descent of the smoothed loss, minimum / 10):
+
+    1. Smooth the losses (`smooth_losses(losses, smoothing)`; `smoothing=0` takes them as they
+       are); leave out the first `skip_start` points, where the bias-corrected average still
+       rests on a few batches and is as noisy as they are, and everything from the first
+       non-finite loss on (the sweep diverged there).
+    2. The *descent* runs from the highest smoothed loss before the curve's minimum to the
+       minimum. `steepest` is the rate of the most negative slope of the smoothed loss against
+       `log10(rate)` strictly inside the descent, each slope taken over `len(losses) // 20`
+       points (at least 1) either side, clipped to the descent, so that one noisy batch does
+       not make a slope.
+    3. The descent is *clear* when it spans at least 3 points, its fall is at least 1% of
+       the loss and more than `min_significance` standard errors of the smoothed loss (the
+       batch-to-batch noise, estimated robustly from second differences of the raw losses
+       before the minimum and carried through the moving average's weights), and the loss is
+       not still falling at the end of the sweep (minimum at the last step with a slope there
+       over half the steepest: the steepest descent may lie beyond `end_lr`). Then the
+       suggestion is `steepest`.
+    4. Otherwise the curve gives no clear answer (`confident=False`, `reason` says why) and
+       the suggestion falls back to the recorded rate nearest `minimum_over_10` (the rate of
+       the minimum smoothed loss divided by 10), or, when the loss is still falling at the
+       end, to `steepest` (minimum / 10 would then be `end_lr / 10` whatever the curve).
+
+    The suggestion is always one of `learning_rates` other than the first and the last, so it
+    is never the sweep's own boundary.
 
     Args:
-        learning_rates: increasing rates of the sweep.
-        smoothed_losses: the smoothed loss at each rate.
+        learning_rates: increasing rates of the sweep, 1-D, at least 3.
+        losses: the loss at each rate, raw (with `smoothing` > 0) or already smoothed (with
+            `smoothing=0`, the default; the noise estimate then sees only what is left).
+        smoothing: moving-average factor in [0, 1), as in `smooth_losses`.
+        skip_start: points left out at the start; default `max(1, len(losses) // 10)`.
+        min_significance: how many standard errors the descent must fall by (> 0).
 
     Returns:
-        `{"steepest": float, "minimum_over_10": float}`. With fewer than 3 points before the
-        minimum, `steepest` falls back to `minimum_over_10`.
+        A dict: `suggested` (float, the rate to use), `steepest` (float, or None without a
+        descent), `minimum_over_10` (float), `confident` (bool) and `reason` (str).
+
+    Example:
+        >>> lrs = np.logspace(-6, 1, 60)
+        >>> out = suggest_lr(lrs, -np.tanh(2 * (np.log10(lrs) + 2)))  # steepest at 1e-2
+        >>> f"{out['suggested']:.2g}", out["confident"]
+        ('0.011', True)
 
     Reference:
-        Smith, "Cyclical Learning Rates for Training Neural Networks", WACV 2017; fastai's
-        `lr_find` suggestions.
+        Smith, "Cyclical Learning Rates for Training Neural Networks", WACV 2017; Howard &
+        Gugger, "Fastai: A Layered API for Deep Learning", Information 2020 (`lr_find`).
     """
     lrs = np.asarray(learning_rates, np.float64)
-    losses = np.asarray(smoothed_losses, np.float64)
-    if lrs.ndim != 1 or lrs.shape != losses.shape or lrs.size == 0:
-        raise ValueError("`learning_rates` and `smoothed_losses` must be 1-D of the same "
-                         f"non-zero length. Received shapes {lrs.shape} and {losses.shape}")
-    finite = np.isfinite(losses)
-    if not finite.any():
+    raw = np.asarray(losses, np.float64)
+    if lrs.ndim != 1 or lrs.shape != raw.shape or lrs.size < 3:
+        raise ValueError("`learning_rates` and `losses` must be 1-D of the same length >= 3. "
+                         f"Received shapes {lrs.shape} and {raw.shape}")
+    _check_number(smoothing, "smoothing", 0, 1, low_open=False)
+    _check_number(min_significance, "min_significance", 0)
+    n = lrs.size
+    if skip_start is None:
+        skip_start = max(1, n // 10)
+    if isinstance(skip_start, bool) or not isinstance(skip_start, int) or skip_start < 0:
+        raise ValueError(f"`skip_start` must be an int >= 0. Received: skip_start={skip_start!r}")
+    smoothed = smooth_losses(raw, smoothing)
+    # The curve ends at its first non-finite loss: the sweep diverged there.
+    end = int(np.argmin(np.isfinite(smoothed))) if not np.isfinite(smoothed).all() else n
+    if end == 0:
         raise ValueError("No finite loss in the curve: the sweep diverged from the start. "
                          "Lower `start_lr`.")
-    i_min = int(np.argmin(np.where(finite, losses, np.inf)))
+    first = skip_start if skip_start < end else 0
+    i_min = first + int(np.argmin(smoothed[first:end]))
+    i_top = first + int(np.argmax(smoothed[first:i_min + 1]))
     minimum_over_10 = float(lrs[i_min] / 10.0)
-    if i_min < 2:
-        return {"steepest": minimum_over_10, "minimum_over_10": minimum_over_10}
-    slope = np.gradient(losses[:i_min + 1], np.log10(lrs[:i_min + 1]))
-    return {"steepest": float(lrs[int(np.argmin(slope))]), "minimum_over_10": minimum_over_10}
+    log_lrs = np.log10(lrs)
+
+    steepest, doubt, still_falling = None, None, False
+    if i_min - i_top < 2:
+        doubt = (f"the smoothed loss does not fall before its minimum at {lrs[i_min]:.2e}; "
+                 "lower `start_lr` or check the model and data")
+    else:
+        inside, half = np.arange(i_top + 1, i_min), max(1, n // 20)
+        ahead, behind = np.minimum(inside + half, i_min), np.maximum(inside - half, i_top)
+        slope = (smoothed[ahead] - smoothed[behind]) / (log_lrs[ahead] - log_lrs[behind])
+        steepest = float(lrs[inside[np.argmin(slope)]])
+        fall = float(smoothed[i_top] - smoothed[i_min])
+        std_error = _fall_std_error(raw[:i_min + 1], i_top, smoothing)
+        if fall <= 0.01 * abs(float(smoothed[i_top])):
+            doubt = (f"the smoothed loss falls by only {fall:.3g}, under 1% of its level "
+                     f"{smoothed[i_top]:.3g}")
+        elif fall <= min_significance * std_error:
+            doubt = (f"the smoothed loss falls by {fall:.3g}, less than {min_significance:g} "
+                     f"standard errors ({std_error:.3g}) of its noise")
+        elif i_min == n - 1 and slope[-1] <= 0.5 * slope.min():
+            still_falling = True
+            doubt = ("the smoothed loss still falls at the end of the sweep at more than half "
+                     "its steepest slope; raise `end_lr`")
+    if doubt is None:
+        size = f"{fall / std_error:.3g} standard errors" if std_error > 0 else "no noise"
+        return {"suggested": steepest, "steepest": steepest, "minimum_over_10": minimum_over_10,
+                "confident": True,
+                "reason": (f"steepest descent of the smoothed loss, which falls by {fall:.3g} "
+                           f"({size}) to its minimum at {lrs[i_min]:.2e}")}
+    if still_falling:  # minimum / 10 would be end_lr / 10, whatever the curve
+        suggested, source = steepest, "the steepest descent so far"
+    else:
+        inner = np.arange(1, n - 1)  # boundaries excluded
+        suggested = float(lrs[inner[np.argmin(np.abs(log_lrs[inner] - log_lrs[i_min] + 1))]])
+        source = "the rate nearest minimum / 10"
+    return {"suggested": suggested, "steepest": steepest, "minimum_over_10": minimum_over_10,
+            "confident": False,
+            "reason": f"no clear answer: {doubt}; suggesting {source}, {suggested:.2e}"}
+
+
+def _fall_std_error(raw, i_top, smoothing):
+    """Standard error of `smoothed[i_top] - smoothed[-1]` for noise of the size in `raw`.
+
+    The noise is estimated robustly from second differences (which cancel a linear trend) of
+    the raw losses, `1.4826 * median(|d2|) / sqrt(6)`, and propagated through the weights of
+    the bias-corrected moving average.
+    """
+    d2 = np.diff(raw, 2)
+    noise = 1.4826 * float(np.median(np.abs(d2))) / math.sqrt(6) if d2.size else 0.0
+    gap = -_smoothing_weights(raw.size - 1, smoothing)
+    gap[:i_top + 1] += _smoothing_weights(i_top, smoothing)
+    return noise * float(np.linalg.norm(gap))
 
 
 class _Sweep(keras.optimizers.schedules.LearningRateSchedule):
@@ -123,8 +222,14 @@ class LRFinder(keras.callbacks.Callback):
 
     Attributes (after the run):
         learning_rates, losses, smoothed_losses: the curve (NumPy arrays).
-        suggestions: `suggest_lr(...)`, `{"steepest": ..., "minimum_over_10": ...}`.
-        suggested_lr: `suggestions["steepest"]`.
+        suggestions: `suggest_lr(learning_rates, losses, smoothing)`: a dict with `suggested`,
+            `steepest`, `minimum_over_10`, `confident`, `reason` (None with < 3 steps).
+        suggested_lr: `suggestions["suggested"]`: the steepest descent of the smoothed loss
+            when the curve answers clearly, else the recorded rate nearest minimum / 10; never
+            the first or last rate of the sweep (None with < 3 steps).
+        confident: False when the curve gives no clear answer (flat, too noisy, no descent,
+            still falling at the end, or too short); then check the plot.
+        reason: why, in words (also in `repr(finder)` and the plot's title).
         stopped_early: True when the sweep stopped because the loss diverged.
 
     Args:
@@ -142,8 +247,10 @@ class LRFinder(keras.callbacks.Callback):
         >>> finder = LRFinder(1e-4, 1.0, num_steps=20)
         >>> _ = model.fit(train.repeat(), steps_per_epoch=20, epochs=1, callbacks=[finder],
         ...               shuffle=False, verbose=0)
-        >>> 1e-4 <= finder.suggested_lr <= 1.0, finder.plot("lr_find.png")
-        (True, 'lr_find.png')
+        >>> finder  # doctest: +ELLIPSIS
+        LRFinder(start_lr=0.0001, end_lr=1, num_steps=20): ... steps..., suggested_lr=..., confident=...
+        >>> finder.plot("lr_find.png")
+        'lr_find.png'
 
     Reference:
         Smith, "Cyclical Learning Rates for Training Neural Networks", WACV 2017, section 3.3.
@@ -171,7 +278,19 @@ class LRFinder(keras.callbacks.Callback):
         self.smoothed_losses = np.zeros((0,))
         self.suggestions = None
         self.suggested_lr = None
+        self.confident = None
+        self.reason = None
         self.stopped_early = False
+
+    def __repr__(self):
+        head = (f"LRFinder(start_lr={self.start_lr:g}, end_lr={self.end_lr:g}, "
+                f"num_steps={self.num_steps})")
+        if self.reason is None:
+            return f"{head}: not run yet"
+        lr = "None" if self.suggested_lr is None else f"{self.suggested_lr:.3g}"
+        diverged = " (stopped early: the loss diverged)" if self.stopped_early else ""
+        return (f"{head}: {len(self.losses)} steps{diverged}, suggested_lr={lr}, "
+                f"confident={self.confident}: {self.reason}")
 
     def _inner_optimizer(self):
         optimizer = getattr(self.model, "optimizer", None)
@@ -227,21 +346,27 @@ class LRFinder(keras.callbacks.Callback):
         self.learning_rates = np.asarray(self._lrs, np.float64)
         self.losses = np.asarray(self._losses, np.float64)
         self.smoothed_losses = smooth_losses(self.losses, self.smoothing)
-        if self.losses.size:
-            self.suggestions = suggest_lr(self.learning_rates, self.smoothed_losses)
-            self.suggested_lr = self.suggestions["steepest"]
+        if self.losses.size >= 3:
+            self.suggestions = suggest_lr(self.learning_rates, self.losses, self.smoothing)
+            self.suggested_lr = self.suggestions["suggested"]
+            self.confident, self.reason = self.suggestions["confident"], self.suggestions["reason"]
+        else:
+            self.confident = False
+            self.reason = (f"no clear answer: only {self.losses.size} step(s) recorded; "
+                           "lower `start_lr` or raise `num_steps`")
 
     def plot(self, path, title="Learning-rate range test"):
         """Saves a PNG of loss against learning rate (log axis) with the suggestions marked.
 
         Args:
             path: output file (`.png`); its folder is created if missing.
-            title: figure title.
+            title: figure title; the suggested rate is added below it, and the reason when
+                the curve gives no clear answer.
 
         Returns:
             `path`.
         """
-        if self.suggestions is None:
+        if self.reason is None:
             raise ValueError("Nothing to plot: run the range test first (`find_lr` or `fit` "
                              "with this callback).")
         import matplotlib
@@ -254,9 +379,14 @@ class LRFinder(keras.callbacks.Callback):
         fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
         ax.plot(self.learning_rates, self.losses, color="0.75", lw=1, label="loss")
         ax.plot(self.learning_rates, self.smoothed_losses, color="C0", lw=2, label="smoothed")
-        for (name, lr), color in zip(self.suggestions.items(), ("C3", "C2")):
-            y = np.interp(np.log(lr), np.log(self.learning_rates), self.smoothed_losses)
-            ax.plot([lr], [y], "o", color=color, label=f"{name.replace('_', ' ')}: {lr:.2e}")
+        marks = dict(self.suggestions or {})
+        if marks.get("steepest") == marks.get("suggested"):
+            marks["steepest"] = None
+        for name, color in (("suggested", "C3"), ("steepest", "C1"), ("minimum_over_10", "C2")):
+            lr = marks.get(name)
+            if lr is not None and self.learning_rates[0] <= lr <= self.learning_rates[-1]:
+                y = np.interp(np.log(lr), np.log(self.learning_rates), self.smoothed_losses)
+                ax.plot([lr], [y], "o", color=color, label=f"{name.replace('_', ' ')}: {lr:.2e}")
         finite = self.smoothed_losses[np.isfinite(self.smoothed_losses)]
         if finite.size:
             low, first = float(finite.min()), float(finite[0])
@@ -265,12 +395,19 @@ class LRFinder(keras.callbacks.Callback):
         ax.set_xscale("log")
         ax.set_xlabel("learning rate")
         ax.set_ylabel("loss")
-        ax.set_title(title)
+        ax.set_title(self._title(title), fontsize=9)
         ax.legend()
         fig.tight_layout()
         fig.savefig(path)
         plt.close(fig)
         return path
+
+    def _title(self, title):
+        lr = "none" if self.suggested_lr is None else f"{self.suggested_lr:.2e}"
+        if self.confident:
+            return f"{title}\nsuggested learning rate {lr}"
+        return "\n".join([title, f"suggested learning rate {lr} (no clear answer)",
+                          *textwrap.wrap(self.reason.removeprefix("no clear answer: "), 70)])
 
 
 def find_lr(model, dataset, start_lr=1e-7, end_lr=10.0, num_steps=100, smoothing=0.98,
@@ -287,7 +424,7 @@ def find_lr(model, dataset, start_lr=1e-7, end_lr=10.0, num_steps=100, smoothing
 
     Returns:
         The `LRFinder` holding `learning_rates`, `losses`, `smoothed_losses`, `suggestions`,
-        `suggested_lr` and `plot(path)`.
+        `suggested_lr`, `confident`, `reason` (see `suggest_lr`) and `plot(path)`.
 
     Example:
         >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
@@ -295,8 +432,8 @@ def find_lr(model, dataset, start_lr=1e-7, end_lr=10.0, num_steps=100, smoothing
         >>> x = np.random.default_rng(0).random((32, 4), "float32")
         >>> train_ds = tf.data.Dataset.from_tensor_slices((x, x.sum(1, keepdims=True))).batch(8)
         >>> finder = find_lr(model, train_ds, start_lr=1e-4, end_lr=1.0, num_steps=20)
-        >>> sorted(finder.suggestions)
-        ['minimum_over_10', 'steepest']
+        >>> finder.suggested_lr > 0, type(finder.confident).__name__, type(finder.reason).__name__
+        (True, 'bool', 'str')
         >>> finder.plot("lr_find.png")
         'lr_find.png'
 

@@ -162,6 +162,24 @@ def test_box_coder_matches_definition_and_round_trips():
     np.testing.assert_allclose(B.decode_boxes(deltas, anchors, weights=w).numpy(), boxes, rtol=1e-10)
 
 
+def test_box_coder_weights_none_is_unit_weights():
+    # Box (0, 0, 20, 10) on anchor (0, 0, 10, 10): centres (10, 5) and (5, 5), sizes 20x10 and
+    # 10x10 -> dy = (10 - 5) / 10 = 0.5, dx = 0, dh = log(20 / 10) = log 2, dw = log 1 = 0.
+    # With weights (10, 10, 5, 5): 5, 0, 5 log 2, 0.
+    box, anchor = [[0.0, 0.0, 20.0, 10.0]], [[0.0, 0.0, 10.0, 10.0]]
+    hand = [[0.5, 0.0, np.log(2.0), 0.0]]
+    for weights in (None, (1, 1, 1, 1)):
+        np.testing.assert_allclose(B.encode_boxes(box, anchor, weights=weights).numpy(), hand,
+                                   rtol=1e-6)
+        np.testing.assert_allclose(B.decode_boxes(hand, anchor, weights=weights).numpy(), box,
+                                   rtol=1e-6, atol=1e-5)
+    scaled = [[5.0, 0.0, 5 * np.log(2.0), 0.0]]
+    np.testing.assert_allclose(B.encode_boxes(box, anchor, weights=(10, 10, 5, 5)).numpy(),
+                               scaled, rtol=1e-6)
+    np.testing.assert_allclose(B.decode_boxes(scaled, anchor, weights=(10, 10, 5, 5)).numpy(),
+                               box, rtol=1e-6, atol=1e-5)
+
+
 def test_decode_clips_log_size():
     anchor = [[0.0, 0.0, 16.0, 16.0]]
     out = B.decode_boxes([[0.0, 0.0, 100.0, 100.0]], anchor).numpy()

@@ -44,6 +44,12 @@ def batch_norm(x, gamma, beta, mean, var, eps):
     return (x - mean) / np.sqrt(var + eps) * gamma + beta
 
 
+def inference_batch_norm(x, bn):
+    """`batch_norm` with the weights of a Keras BatchNormalization layer `bn`."""
+    return batch_norm(x, *[np.asarray(w) for w in (bn.gamma, bn.beta, bn.moving_mean,
+                                                   bn.moving_variance)], bn.epsilon)
+
+
 def activation(x, name):
     return {None: lambda v: v, "relu": lambda v: np.maximum(v, 0),
             "relu6": lambda v: np.clip(v, 0, 6),
@@ -60,6 +66,13 @@ def randomize_batch_norms(layer, rng):
                              rng.normal(0, 0.3, c), rng.uniform(0.5, 2.0, c)])
 
 
+def built_with_random_batch_norms(layer, x, seed=1):
+    """Builds `layer` on `x` and randomizes its batch norms (see `randomize_batch_norms`)."""
+    layer(x)
+    randomize_batch_norms(layer, np.random.default_rng(seed))
+    return layer
+
+
 def conv_bn_act(x, unit):
     """NumPy forward of a built kcv ConvBNAct in inference mode (batch norm or none)."""
     conv = unit.conv
@@ -68,8 +81,6 @@ def conv_bn_act(x, unit):
     bias = np.asarray(conv.bias) if conv.use_bias else None
     stride = conv.strides[0]
     y = conv2d(x, kernel, stride, conv.dilation_rate[0], conv.padding, bias, depthwise)
-    bn = unit.norm_layer
-    if bn is not None:
-        y = batch_norm(y, *[np.asarray(w) for w in (bn.gamma, bn.beta, bn.moving_mean,
-                                                    bn.moving_variance)], bn.epsilon)
+    if unit.norm_layer is not None:
+        y = inference_batch_norm(y, unit.norm_layer)
     return activation(y, unit.activation)

@@ -1,19 +1,18 @@
-"""Tests of kcv.layers.conv_blocks against NumPy forward passes built from the papers' formulas."""
+"""Tests of kcv.layers.conv_blocks against NumPy forward passes built from the papers' formulas
+and against the keras.applications MobileNet blocks."""
 
 import keras
 import numpy as np
 import pytest
-from _numpy_conv import activation, batch_norm, conv2d, conv_bn_act, randomize_batch_norms
-
-from kcv.layers import (
-    BasicBlock,
-    Bottleneck,
-    ConvBNAct,
-    DepthwiseSeparableConv,
-    InvertedResidual,
-    PreActBasicBlock,
-    PreActBottleneck,
+from _numpy_conv import (
+    activation,
+    built_with_random_batch_norms,
+    conv2d,
+    inference_batch_norm,
+    randomize_batch_norms,
 )
+
+from kcv.layers import ConvBNAct, DepthwiseSeparableConv, InvertedResidual
 
 from kcv_testing import check_layer
 
@@ -22,29 +21,13 @@ def _x(shape=(2, 9, 9, 4), seed=0):
     return np.random.default_rng(seed).normal(size=shape).astype("float32")
 
 
-def _built(layer, x):
-    layer(x)
-    randomize_batch_norms(layer, np.random.default_rng(1))
-    return layer
-
-
-def _bn(x, bn):
-    return batch_norm(x, *[np.asarray(w) for w in (bn.gamma, bn.beta, bn.moving_mean,
-                                                   bn.moving_variance)], bn.epsilon)
-
-
 # --- the shared layer routine, once per class ----------------------------------------------
 
 @pytest.mark.parametrize("factory", [
     lambda: ConvBNAct(6, strides=2),
     lambda: DepthwiseSeparableConv(6, strides=2),
     lambda: InvertedResidual(4, expansion=3),
-    lambda: BasicBlock(6, strides=2),
-    lambda: Bottleneck(2),
-    lambda: PreActBasicBlock(6, strides=2),
-    lambda: PreActBottleneck(2, strides=2),
-], ids=["ConvBNAct", "DepthwiseSeparableConv", "InvertedResidual", "BasicBlock", "Bottleneck",
-        "PreActBasicBlock", "PreActBottleneck"])
+], ids=["ConvBNAct", "DepthwiseSeparableConv", "InvertedResidual"])
 def test_check_layer(factory):
     check_layer(factory, _x((2, 8, 8, 4)))
 
@@ -71,7 +54,7 @@ def test_conv_bn_act_hand_computed_ones_kernel():
 ])
 def test_conv_bn_act_matches_numpy(kwargs):
     x = _x()
-    layer = _built(ConvBNAct(**kwargs), x)
+    layer = built_with_random_batch_norms(ConvBNAct(**kwargs), x)
     got = np.asarray(layer(x, training=False))
     conv = layer.conv
     kernel = np.asarray(conv.kernel)
@@ -86,7 +69,7 @@ def test_conv_bn_act_matches_numpy(kwargs):
                np.asarray(conv.bias) if conv.use_bias else None,
                depthwise=kwargs.get("depthwise", False))
     if layer.norm_layer is not None:
-        y = _bn(y, layer.norm_layer)
+        y = inference_batch_norm(y, layer.norm_layer)
     np.testing.assert_allclose(got, activation(y, kwargs.get("activation", "relu")), atol=1e-4)
 
 
@@ -99,29 +82,16 @@ def test_conv_bn_act_training_uses_batch_statistics():
     np.testing.assert_allclose(y.var(axis=(0, 1, 2)), 1, atol=1e-2)
 
 
-@pytest.mark.parametrize("norm, cls", [("layer", keras.layers.LayerNormalization),
-                                       ("group", keras.layers.GroupNormalization),
-                                       ("instance", keras.layers.GroupNormalization)])
-def test_conv_bn_act_norm_kinds(norm, cls):
-    layer = ConvBNAct(8, norm=norm, norm_groups=4, activation=None)
-    y = np.asarray(layer(_x()))
-    assert isinstance(layer.norm_layer, cls)
-    if norm == "instance":  # per image, per channel: mean 0
-        np.testing.assert_allclose(y.mean(axis=(1, 2)), 0, atol=1e-5)
-    if norm == "layer":  # per pixel over channels: mean 0
-        np.testing.assert_allclose(y.mean(axis=-1), 0, atol=1e-5)
-
-
 # --- DepthwiseSeparableConv -------------------------------------------------------------------
 
 def test_depthwise_separable_matches_numpy_and_parameter_count():
     x = _x()
-    layer = _built(DepthwiseSeparableConv(7, strides=2), x)
+    layer = built_with_random_batch_norms(DepthwiseSeparableConv(7, strides=2), x)
     got = np.asarray(layer(x, training=False))
     dw, pw = layer.depthwise, layer.pointwise
     y = conv2d(x, np.asarray(dw.conv.kernel), 2, depthwise=True)
-    y = np.clip(_bn(y, dw.norm_layer), 0, 6)
-    y = np.clip(_bn(conv2d(y, np.asarray(pw.conv.kernel)), pw.norm_layer), 0, 6)
+    y = np.clip(inference_batch_norm(y, dw.norm_layer), 0, 6)
+    y = np.clip(inference_batch_norm(conv2d(y, np.asarray(pw.conv.kernel)), pw.norm_layer), 0, 6)
     np.testing.assert_allclose(got, y, atol=1e-4)
     # 3*3*C depthwise + C*F pointwise weights (no biases), 4 batch-norm vectors per conv
     c, f = 4, 7
@@ -135,7 +105,7 @@ def test_depthwise_separable_matches_numpy_and_parameter_count():
 ])
 def test_inverted_residual_matches_numpy(filters, strides, expansion, residual):
     x = _x()
-    layer = _built(InvertedResidual(filters, expansion=expansion, strides=strides), x)
+    layer = built_with_random_batch_norms(InvertedResidual(filters, expansion=expansion, strides=strides), x)
     got = np.asarray(layer(x, training=False))
     assert layer.use_residual is residual
     y = x
@@ -143,66 +113,15 @@ def test_inverted_residual_matches_numpy(filters, strides, expansion, residual):
         assert layer.expand is None
     else:
         assert layer.expand.conv.kernel.shape == (1, 1, 4, 4 * expansion)
-        y = np.clip(_bn(conv2d(y, np.asarray(layer.expand.conv.kernel)), layer.expand.norm_layer),
+        y = np.clip(inference_batch_norm(conv2d(y, np.asarray(layer.expand.conv.kernel)), layer.expand.norm_layer),
                     0, 6)
     y = conv2d(y, np.asarray(layer.depthwise.conv.kernel), strides, depthwise=True)
-    y = np.clip(_bn(y, layer.depthwise.norm_layer), 0, 6)
-    y = _bn(conv2d(y, np.asarray(layer.project.conv.kernel)), layer.project.norm_layer)  # linear
+    y = np.clip(inference_batch_norm(y, layer.depthwise.norm_layer), 0, 6)
+    y = inference_batch_norm(conv2d(y, np.asarray(layer.project.conv.kernel)), layer.project.norm_layer)  # linear
     if residual:
         y = y + x
     np.testing.assert_allclose(got, y, atol=1e-4)
     assert np.any(got < 0)  # the projection is linear: no activation clips the output
-
-
-# --- ResNet blocks ----------------------------------------------------------------------------
-
-def _residual_numpy(layer, x):
-    """NumPy forward of the residual branch and shortcut of a kcv ResNet block."""
-    relu = lambda v: np.maximum(v, 0)  # noqa: E731
-    preact = isinstance(layer, (PreActBasicBlock, PreActBottleneck))
-    h = relu(_bn(x, layer.preact_norm)) if preact else x
-    y = h
-    for unit in layer.residual:
-        y = conv_bn_act(y, unit)
-    if layer.use_projection:
-        shortcut = conv2d(h, np.asarray(layer.shortcut.conv.kernel), layer.shortcut.conv.strides[0])
-        if not preact:
-            shortcut = _bn(shortcut, layer.shortcut.norm_layer)
-    else:
-        shortcut = x
-    return y + shortcut if preact else relu(y + shortcut)
-
-
-@pytest.mark.parametrize("cls, filters, strides, out_channels, projection", [
-    (BasicBlock, 4, 1, 4, False), (BasicBlock, 6, 1, 6, True), (BasicBlock, 6, 2, 6, True),
-    (Bottleneck, 1, 1, 4, False), (Bottleneck, 2, 2, 8, True),
-    (PreActBasicBlock, 4, 1, 4, False), (PreActBasicBlock, 6, 2, 6, True),
-    (PreActBottleneck, 1, 1, 4, False), (PreActBottleneck, 3, 2, 12, True),
-])
-def test_resnet_blocks_match_numpy(cls, filters, strides, out_channels, projection):
-    x = _x()
-    layer = _built(cls(filters, strides=strides), x)
-    got = np.asarray(layer(x, training=False))
-    assert got.shape == (2, -(-9 // strides), -(-9 // strides), out_channels)
-    assert layer.use_projection is projection
-    kernels = [tuple(unit.conv.kernel.shape[:2]) for unit in layer.residual]
-    assert kernels == ([(3, 3)] * 2 if "Basic" in cls.__name__ else [(1, 1), (3, 3), (1, 1)])
-    strides_per_conv = [unit.conv.strides[0] for unit in layer.residual]
-    assert strides_per_conv.index(strides) == 0 if "Basic" in cls.__name__ else 1
-    np.testing.assert_allclose(got, _residual_numpy(layer, x), atol=1e-4)
-
-
-def test_preact_block_last_conv_is_bare():
-    layer = PreActBottleneck(2)
-    layer(_x((1, 4, 4, 8)))
-    last = layer.residual[-1]
-    assert last.norm_layer is None and last.act is None
-    assert layer.out_act is None  # nothing after the addition (full pre-activation)
-
-
-def test_blocks_work_with_group_norm():
-    y = BasicBlock(8, norm="group", norm_groups=4)(_x())
-    assert y.shape == (2, 9, 9, 8)
 
 
 # --- argument checks ----------------------------------------------------------------------
@@ -213,8 +132,12 @@ def test_blocks_work_with_group_norm():
     (lambda: ConvBNAct(4, padding="full"), r"`padding` must be 'same' or 'valid'"),
     (lambda: ConvBNAct(4, depthwise=True), r"`filters` must be None when `depthwise=True`"),
     (lambda: ConvBNAct(4, activation="nope"), r"`activation` must be .*activation='nope'"),
+    (lambda: ConvBNAct(4, kernel_size=(3, 0)),
+     r"`kernel_size` must be a positive integer or a pair .*kernel_size=\(3, 0\)"),
+    (lambda: ConvBNAct(4, strides=1.5), r"`strides` must be a positive integer or a pair"),
+    (lambda: ConvBNAct(4, norm_groups=0), r"`norm_groups` must be a positive integer"),
     (lambda: InvertedResidual(4, expansion=0), r"`expansion` must be a positive integer"),
-    (lambda: BasicBlock(4, norm_groups=0), r"`norm_groups` must be a positive integer"),
+    (lambda: InvertedResidual(4, strides=(2, 2, 2)), r"`strides` must be a positive integer"),
 ])
 def test_argument_errors(make, match):
     with pytest.raises(ValueError, match=match):
@@ -224,10 +147,10 @@ def test_argument_errors(make, match):
 def test_build_errors():
     with pytest.raises(ValueError, match=r"`groups` must divide .*groups=3, input channels=4"):
         ConvBNAct(6, groups=3)(_x())
-    with pytest.raises(ValueError, match=r"expects NHWC inputs of rank 4"):
-        BasicBlock(4).build((2, 9, 4))
+    with pytest.raises(ValueError, match=r"InvertedResidual expects NHWC inputs of rank 4"):
+        InvertedResidual(4).build((2, 9, 4))
     with pytest.raises(ValueError, match=r"`norm_groups` must divide .*norm_groups=4, channels=6"):
-        BasicBlock(6, norm="group", norm_groups=4)(_x())
+        ConvBNAct(6, norm="group", norm_groups=4)(_x())
 
 
 # --- the same blocks written with plain Keras layers (keras.applications style) ---------------

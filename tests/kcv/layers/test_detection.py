@@ -93,7 +93,7 @@ def test_no_detection_above_threshold():
 
 
 def test_errors():
-    with pytest.raises(ValueError, match="`max_detections` must be a positive int. Received: max_detections=0"):
+    with pytest.raises(ValueError, match="`max_detections` must be a positive integer. Received: max_detections=0"):
         DetectionPostProcess(max_detections=0)
     with pytest.raises(ValueError, match="`score_activation` must be one of"):
         DetectionPostProcess(score_activation="relu")

@@ -6,6 +6,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from loss_references import np_sigmoid_focal
 
 from kcv.losses import (
     FocalLoss,
@@ -15,6 +16,8 @@ from kcv.losses import (
     sigmoid_focal_loss,
     smooth_l1_loss,
 )
+
+from kcv_testing import check_loss
 
 UNIT = [0.0, 0.0, 1.0, 1.0]
 
@@ -37,19 +40,13 @@ def test_box_iou_loss_hand_computed():
                                [0.5 + 0.05 + alpha * v], atol=1e-6)
 
 
-def test_iou_loss_class_reduces_and_serializes():
+@pytest.mark.parametrize("mode", ["giou", "ciou"])
+def test_iou_loss_check_loss(mode):
     rng = np.random.default_rng(0)
     yx = rng.uniform(0, 10, (2, 5, 2))
     gt = np.concatenate([yx, yx + rng.uniform(1, 5, (2, 5, 2))], -1).astype(np.float32)
     pred = gt + rng.normal(0, 0.5, gt.shape).astype(np.float32)
-    loss = IoULoss(mode="giou")
-    np.testing.assert_allclose(float(loss(gt, pred)), np.mean(box_iou_loss(gt, pred, "giou")),
-                               rtol=1e-6)
-    clone = keras.losses.deserialize(keras.losses.serialize(loss))
-    assert isinstance(clone, IoULoss) and clone.get_config() == loss.get_config()
-    np.testing.assert_allclose(float(clone(gt, pred)), float(loss(gt, pred)), rtol=1e-6)
-    summed = IoULoss(mode="ciou", reduction="sum")(gt, pred)
-    np.testing.assert_allclose(float(summed), np.sum(box_iou_loss(gt, pred, "ciou")), rtol=1e-5)
+    check_loss(box_iou_loss, IoULoss, gt, pred, mode=mode)
 
 
 def test_box_iou_loss_trains_disjoint_boxes_with_giou_not_iou():
@@ -73,14 +70,7 @@ def test_smooth_l1_matches_hand_and_huber():
     # beta = 1: smooth L1 is the Huber loss with delta = 1.
     np.testing.assert_allclose(float(SmoothL1Loss(beta=1.0)(y, p)),
                                float(keras.losses.Huber(delta=1.0)(y, p)), rtol=1e-6)
-    assert SmoothL1Loss.from_config(SmoothL1Loss(beta=0.2).get_config()).beta == 0.2
-
-
-def np_focal(y, x, alpha, gamma):  # Lin et al., eq. (5), from logits
-    p = 1 / (1 + np.exp(-x.astype(np.float64)))
-    p_t = np.where(y == 1, p, 1 - p)
-    a_t = np.where(y == 1, alpha, 1 - alpha)
-    return -a_t * (1 - p_t) ** gamma * np.log(p_t)
+    check_loss(smooth_l1_loss, SmoothL1Loss, y, p, function_axis=-1, beta=0.2)
 
 
 @pytest.mark.parametrize("alpha,gamma", [(0.25, 2.0), (0.5, 0.0), (0.75, 1.5)])
@@ -88,12 +78,20 @@ def test_focal_matches_paper_and_keras(alpha, gamma):
     rng = np.random.default_rng(2)
     x = rng.normal(0, 3, (3, 7)).astype(np.float32)
     y = (rng.uniform(size=(3, 7)) < 0.3).astype(np.float32)
-    np.testing.assert_allclose(sigmoid_focal_loss(y, x, alpha, gamma).numpy(),
-                               np_focal(y, x, alpha, gamma), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(sigmoid_focal_loss(y, x, alpha, gamma, from_logits=True).numpy(),
+                               np_sigmoid_focal(y, x, alpha, gamma), rtol=1e-5, atol=1e-7)
     keras_loss = keras.losses.BinaryFocalCrossentropy(apply_class_balancing=True, alpha=alpha,
                                                       gamma=gamma, from_logits=True)
-    np.testing.assert_allclose(float(FocalLoss(alpha, gamma)(y, x)), float(keras_loss(y, x)),
-                               rtol=1e-5)
+    np.testing.assert_allclose(float(FocalLoss(alpha, gamma, from_logits=True)(y, x)),
+                               float(keras_loss(y, x)), rtol=1e-5)
+    # probabilities (the default, as Keras): the same numbers
+    probs = 1 / (1 + np.exp(-x))
+    np.testing.assert_allclose(sigmoid_focal_loss(y, probs, alpha, gamma).numpy(),
+                               np_sigmoid_focal(y, x, alpha, gamma), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(float(FocalLoss(alpha, gamma)(y, probs)),
+                               float(keras.losses.BinaryFocalCrossentropy(
+                                   apply_class_balancing=True, alpha=alpha, gamma=gamma)(y, probs)),
+                               rtol=1e-4)
 
 
 def test_focal_without_alpha_and_gamma_is_binary_crossentropy():
@@ -101,17 +99,18 @@ def test_focal_without_alpha_and_gamma_is_binary_crossentropy():
     x = rng.normal(0, 2, (4, 5)).astype(np.float32)
     y = (rng.uniform(size=(4, 5)) < 0.5).astype(np.float32)
     np.testing.assert_allclose(
-        float(FocalLoss(alpha=None, gamma=0.0)(y, x)),
+        float(FocalLoss(alpha=None, gamma=0.0, from_logits=True)(y, x)),
         float(keras.losses.BinaryCrossentropy(from_logits=True)(y, x)), rtol=1e-5)
-    probs = 1 / (1 + np.exp(-x))
-    np.testing.assert_allclose(sigmoid_focal_loss(y, probs, None, 0.0, from_logits=False).numpy(),
-                               sigmoid_focal_loss(y, x, None, 0.0).numpy(), rtol=1e-4)
 
 
-def test_focal_config_round_trip():
-    loss = FocalLoss(alpha=0.3, gamma=1.0, from_logits=False, reduction="sum", name="fl")
-    clone = keras.losses.deserialize(keras.losses.serialize(loss))
-    assert isinstance(clone, FocalLoss) and clone.get_config() == loss.get_config()
+@pytest.mark.parametrize("kwargs", [{"alpha": 0.3, "gamma": 1.0, "from_logits": True},
+                                    {"alpha": None, "gamma": 2.0}])
+def test_focal_check_loss(kwargs):
+    rng = np.random.default_rng(4)
+    x = rng.normal(0, 2, (4, 6)).astype(np.float32)
+    y = (rng.uniform(size=(4, 6)) < 0.4).astype(np.float32)
+    pred = x if kwargs.get("from_logits") else 1 / (1 + np.exp(-x))
+    check_loss(sigmoid_focal_loss, FocalLoss, y, pred, function_axis=-1, **kwargs)
 
 
 def test_errors():
@@ -121,7 +120,13 @@ def test_errors():
         box_iou_loss(np.zeros((2, 4)), np.zeros((3, 4)))
     with pytest.raises(ValueError, match=r"`alpha` must be None or in \[0, 1\]. Received: alpha=1.5"):
         FocalLoss(alpha=1.5)
-    with pytest.raises(ValueError, match="`gamma` must be >= 0"):
-        sigmoid_focal_loss([1.0], [0.0], gamma=-1)
-    with pytest.raises(ValueError, match="`beta` must be >= 0"):
+    with pytest.raises(ValueError, match="`gamma` must be a number >= 0. Received: gamma=-1"):
+        sigmoid_focal_loss([1.0], [0.5], gamma=-1)
+    with pytest.raises(ValueError, match="`beta` must be a number >= 0. Received: beta=-0.1"):
         SmoothL1Loss(beta=-0.1)
+
+
+@pytest.mark.parametrize("fn", [sigmoid_focal_loss, smooth_l1_loss, box_iou_loss])
+def test_mismatched_shapes_name_both(fn):
+    with pytest.raises(ValueError, match=r"y_true.shape=\(2, 4\), y_pred.shape=\(3, 4\)"):
+        fn(np.zeros((2, 4), np.float32), np.full((3, 4), 0.5, np.float32))

@@ -1,41 +1,28 @@
-"""Dice and BCE+Dice against NumPy references, hand-computed cases and Keras built-ins."""
+"""Dice and BCE+Dice against NumPy references, hand-computed cases and Keras built-ins; the
+shared contract of every segmentation loss (`check_loss`, labels outside the classes, shapes)."""
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from loss_references import np_dice_per_image, np_softmax
 
-import kcv
-from kcv.losses import BCEDiceLoss, DiceLoss, bce_dice_loss, dice_loss
+from kcv.losses import (
+    BCEDiceLoss,
+    DiceFocalLoss,
+    DiceLoss,
+    FocalLoss,
+    TverskyLoss,
+    WeightedCrossentropy,
+    bce_dice_loss,
+    dense_focal_loss,
+    dice_focal_loss,
+    dice_loss,
+    tversky_loss,
+    weighted_crossentropy,
+)
 
-
-def np_softmax(z):
-    e = np.exp(z - z.max(-1, keepdims=True))
-    return e / e.sum(-1, keepdims=True)
-
-
-def np_dice_per_image(labels, probs, smooth=1.0, weights=None, valid=None):
-    """Soft Dice loss per image from the formula, with explicit loops over images and classes."""
-    b, _, _, c = probs.shape
-    out = np.zeros(b)
-    for i in range(b):
-        v = np.ones(labels[i].shape, bool) if valid is None else valid[i]
-        scores = []
-        for k in range(c):
-            t = ((labels[i] == k) & v).astype(float)
-            p = probs[i, ..., k] * v
-            scores.append((2 * (p * t).sum() + smooth) / (p.sum() + t.sum() + smooth))
-        w = np.ones(c) if weights is None else np.asarray(weights, float)
-        out[i] = 1 - (np.asarray(scores) * w).sum() / w.sum()
-    return out
-
-
-@pytest.fixture
-def multiclass():
-    rng = np.random.default_rng(0)
-    logits = rng.normal(size=(3, 5, 6, 4)).astype(np.float32)
-    labels = rng.integers(0, 4, size=(3, 5, 6)).astype(np.int32)
-    return labels, logits
+from kcv_testing import check_loss
 
 
 def test_hand_computed_binary_case():
@@ -122,27 +109,30 @@ def test_gradient_is_finite_and_points_downhill(multiclass):
     assert float(stepped) < float(loss)
 
 
-@pytest.mark.parametrize("cls, kwargs", [
-    (DiceLoss, {"smooth": 0.5, "class_weights": [1, 2], "ignore_index": 9}),
-    (BCEDiceLoss, {"bce_weight": 0.3, "dice_weight": 0.7, "from_logits": True}),
+@pytest.mark.parametrize("fn, cls, kwargs", [
+    (dice_loss, DiceLoss, {"smooth": 0.5, "class_weights": [1.0, 2.0, 1.0, 0.5],
+                           "ignore_index": 9, "from_logits": True}),
+    (bce_dice_loss, BCEDiceLoss, {"bce_weight": 0.3, "dice_weight": 0.7, "from_logits": True}),
+    (tversky_loss, TverskyLoss, {"alpha": 0.3, "beta": 0.7, "smooth": 0.0,
+                                 "class_weights": [1.0, 2.0, 1.0, 1.0], "ignore_index": 255,
+                                 "from_logits": True}),
+    (dice_focal_loss, DiceFocalLoss, {"dice_weight": 0.5, "focal_weight": 2.0, "gamma": 1.0,
+                                      "alpha": [0.25, 0.75, 1.0, 1.0], "from_logits": True}),
+    (weighted_crossentropy, WeightedCrossentropy, {"class_weights": [0.1, 0.9, 1.0, 2.0],
+                                                   "ignore_index": -1, "from_logits": True}),
+    (dense_focal_loss, FocalLoss, {"mode": "dense", "alpha": [0.2, 0.8, 1.0, 1.0],
+                                   "gamma": 1.5, "ignore_index": 255, "from_logits": True}),
 ])
-def test_config_round_trip_and_keras_serialization(cls, kwargs):
-    loss = cls(**kwargs)
-    config = loss.get_config()
-    for key, value in kwargs.items():
-        assert config[key] == value
-    again = keras.losses.deserialize(keras.losses.serialize(loss))
-    assert isinstance(again, cls) and again.get_config() == config
+def test_check_loss(multiclass, fn, cls, kwargs):
+    labels, logits = multiclass
+    labels = labels.copy()
+    labels[0, 0] = kwargs.get("ignore_index", 0)
+    check_loss(fn, cls, labels, logits, **kwargs)
 
 
-def test_model_with_kcv_loss_reloads_with_safe_mode(tmp_path):
-    inputs = keras.Input((4, 4, 3))
-    model = keras.Model(inputs, keras.layers.Conv2D(2, 1, activation="softmax")(inputs))
-    model.compile("sgd", loss=kcv.losses.BCEDiceLoss(class_weights=[1.0, 2.0]))
-    model.save(tmp_path / "m.keras")
-    loaded = keras.saving.load_model(tmp_path / "m.keras", safe_mode=True)
-    assert isinstance(loaded.loss, BCEDiceLoss)
-    assert loaded.loss.class_weights == [1.0, 2.0]
+def test_binary_dice_check_loss(binary):
+    y_true, logits = binary
+    check_loss(dice_loss, DiceLoss, y_true, np.asarray(tf.sigmoid(logits)), smooth=0.0)
 
 
 def test_errors():
@@ -155,3 +145,79 @@ def test_errors():
                   ignore_index=0)
     with pytest.raises(ValueError, match="y_true"):
         dice_loss(np.zeros((1, 2), np.int32), np.full((1, 2, 2, 3), 1 / 3))
+
+
+# --- labels outside the classes, mismatched shapes (every segmentation loss) -------------------
+
+DENSE_LOSSES = [dice_loss, tversky_loss, dense_focal_loss, dice_focal_loss, bce_dice_loss,
+                weighted_crossentropy]
+DENSE_CLASSES = [DiceLoss, TverskyLoss, DiceFocalLoss, BCEDiceLoss, WeightedCrossentropy,
+                 lambda **kw: FocalLoss(mode="dense", **kw)]
+OUTSIDE = r"`y_true` holds labels outside \[0, 4\) \(y_pred has 4 classes\)"
+
+
+@pytest.mark.parametrize("fn", DENSE_LOSSES)
+@pytest.mark.parametrize("label", [4, 255, -1])
+def test_sparse_label_outside_the_classes_is_an_error(multiclass, fn, label):
+    labels, logits = multiclass
+    labels = labels.copy()
+    labels[1, 2, 3] = label
+    with pytest.raises(ValueError, match=OUTSIDE + r".*Received: y_true values \[" + str(label)):
+        fn(labels, logits, from_logits=True)
+    # a label equal to ignore_index is left out; another bad label still is an error
+    labels[0, 0, 0] = 7
+    with pytest.raises(ValueError, match=OUTSIDE + " other than ignore_index=7"):
+        fn(labels, logits, from_logits=True, ignore_index=7)
+    labels[1, 2, 3] = 7  # now every label outside the classes is ignore_index: no error
+    # (the values of the ignore path are checked against NumPy in each loss's own tests)
+    assert np.all(np.isfinite(fn(labels, logits, from_logits=True, ignore_index=7)))
+
+
+@pytest.mark.parametrize("make", DENSE_CLASSES)
+def test_sparse_label_outside_the_classes_fails_in_graph_mode(multiclass, make):
+    labels, logits = multiclass
+    labels = labels.copy()
+    labels[2, 4, 5] = 4
+    loss = make(from_logits=True)
+    graph = tf.function(lambda y, p: loss(y, p))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=OUTSIDE):
+        graph(labels, logits)
+    np.testing.assert_allclose(graph(labels % 4, logits), loss(labels % 4, logits), rtol=1e-6)
+
+
+@pytest.mark.parametrize("fn", DENSE_LOSSES)
+def test_binary_target_outside_zero_one_is_an_error(binary, fn):
+    y_true, logits = binary
+    y_true = y_true.copy()
+    y_true[0, 0, 0, 0] = 2.0
+    with pytest.raises(ValueError, match=r"binary segmentation.*holds values outside \[0, 1\]"):
+        fn(y_true, logits, from_logits=True)
+    y_true[0, 0, 0, 0] = 255.0
+    assert np.all(np.isfinite(fn(y_true, logits, from_logits=True, ignore_index=255)))
+
+
+@pytest.mark.parametrize("fn", DENSE_LOSSES)
+@pytest.mark.parametrize("y_true_shape", [(3, 5, 7), (3, 5, 7, 4), (2, 5, 6)])
+def test_mismatched_shapes_name_both(fn, y_true_shape):
+    y_pred = np.full((3, 5, 6, 4), 0.25, np.float32)
+    y_true = np.zeros(y_true_shape, np.int32)
+    with pytest.raises(ValueError, match=rf"y_true.shape=\({', '.join(map(str, y_true_shape))}\)"
+                                         r".*y_pred.shape=\(3, 5, 6, 4\)"):
+        fn(y_true, y_pred)
+
+
+@pytest.mark.parametrize("fn", DENSE_LOSSES)
+def test_mismatched_binary_shapes_name_both(fn):
+    with pytest.raises(ValueError, match=r"y_true.shape=\(2, 4, 4, 1\).*y_pred.shape=\(2, 4, 5, 1\)"):
+        fn(np.zeros((2, 4, 4, 1), np.float32), np.full((2, 4, 5, 1), 0.5, np.float32))
+
+
+def test_mismatched_shapes_known_only_at_run_time_fail_in_graph_mode():
+    spec = tf.TensorSpec([None, None, None], tf.int32), tf.TensorSpec([None, None, None, 3])
+    graph = tf.function(lambda y, p: dice_loss(y, p), input_signature=spec)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="spatial dimensions of `y_pred`"):
+        graph(np.zeros((1, 4, 4), np.int32), np.full((1, 4, 5, 3), 1 / 3, np.float32))
+    np.testing.assert_allclose(graph(np.zeros((1, 4, 4), np.int32),
+                                     np.full((1, 4, 4, 3), 1 / 3, np.float32)),
+                               dice_loss(np.zeros((1, 4, 4), np.int32),
+                                         np.full((1, 4, 4, 3), 1 / 3, np.float32)), rtol=1e-6)

@@ -5,10 +5,18 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from loss_references import (
+    np_dice_per_image,
+    np_focal,
+    np_sigmoid,
+    np_softmax,
+    np_tversky_paper,
+)
 
 import kcv
 from kcv.losses import (
     DiceFocalLoss,
+    FocalLoss,
     TverskyLoss,
     WeightedCrossentropy,
     dense_focal_loss,
@@ -18,61 +26,7 @@ from kcv.losses import (
     weighted_crossentropy,
 )
 
-
-def np_softmax(z):
-    e = np.exp(z - z.max(-1, keepdims=True))
-    return e / e.sum(-1, keepdims=True)
-
-
-def np_sigmoid(z):
-    return 1 / (1 + np.exp(-z))
-
-
-def np_tversky_paper(labels, probs, alpha, beta, smooth=1.0, valid=None):
-    """Salehi et al. 2017, eq. (3): alpha on false positives (p0 * g1), beta on false negatives
-    (p1 * g0), per image and class, 1 - mean over classes."""
-    b, _, _, c = probs.shape
-    out = np.zeros(b)
-    for i in range(b):
-        v = np.ones(labels[i].shape, bool) if valid is None else valid[i]
-        scores = []
-        for k in range(c):
-            g = ((labels[i] == k) & v).astype(float)  # "g0" in the paper: lesion = class k
-            p = probs[i, ..., k] * v
-            tp = (p * g).sum()
-            fp = (p * (1 - g) * v).sum()
-            fn = ((1 - p) * g).sum()
-            scores.append((tp + smooth) / (tp + alpha * fp + beta * fn + smooth))
-        out[i] = 1 - np.mean(scores)
-    return out
-
-
-def np_focal(labels, probs, gamma, alpha=None, valid=None):
-    """Per image mean over pixels of -alpha_t (1 - p_t)^gamma log p_t, explicit loop."""
-    b, h, w, c = probs.shape
-    out = np.zeros(b)
-    for i in range(b):
-        total, count = 0.0, 0
-        for y in range(h):
-            for x in range(w):
-                if valid is not None and not valid[i, y, x]:
-                    continue
-                k = labels[i, y, x]
-                pt = probs[i, y, x, k]
-                a = 1.0 if alpha is None else alpha[k]
-                total += -a * (1 - pt) ** gamma * np.log(pt)
-                count += 1
-        out[i] = total / count
-    return out
-
-
-@pytest.fixture
-def multiclass():
-    rng = np.random.default_rng(0)
-    logits = rng.normal(size=(3, 5, 6, 4)).astype(np.float32)
-    labels = rng.integers(0, 4, size=(3, 5, 6)).astype(np.int32)
-    return labels, logits
-
+from kcv_testing import check_loss
 
 # --- Tversky ---------------------------------------------------------------------------------
 
@@ -207,7 +161,6 @@ def test_focal_gradient_is_finite_at_saturated_probabilities():
 def test_dice_focal_is_the_weighted_sum(multiclass):
     labels, logits = multiclass
     probs = np_softmax(logits)
-    from test_segmentation_losses import np_dice_per_image
     expected = 0.7 * np_dice_per_image(labels, probs) + 2.0 * np_focal(labels, probs, 2.0)
     np.testing.assert_allclose(dice_focal_loss(labels, logits, 0.7, 2.0, from_logits=True),
                                expected, rtol=1e-5)
@@ -265,26 +218,11 @@ def test_gradient_step_lowers_the_loss(multiclass, loss):
     assert float(loss(labels, z - 5.0 * grad)) < float(value)
 
 
-@pytest.mark.parametrize("cls, kwargs", [
-    (TverskyLoss, {"alpha": 0.3, "beta": 0.7, "smooth": 0.0, "class_weights": [1, 2],
-                   "ignore_index": 255}),
-    (DiceFocalLoss, {"dice_weight": 0.5, "focal_weight": 2.0, "gamma": 1.0,
-                     "alpha": [0.25, 0.75], "from_logits": True}),
-    (WeightedCrossentropy, {"class_weights": [0.1, 0.9], "ignore_index": -1}),
-])
-def test_config_round_trip_and_safe_mode_reload(tmp_path, cls, kwargs):
-    loss = cls(**kwargs)
-    config = loss.get_config()
-    for key, value in kwargs.items():
-        assert config[key] == value
-    again = keras.losses.deserialize(keras.losses.serialize(loss))
-    assert isinstance(again, cls) and again.get_config() == config
-    inputs = keras.Input((4, 4, 3))
-    model = keras.Model(inputs, keras.layers.Conv2D(2, 1)(inputs))
-    model.compile("sgd", loss=loss)
-    model.save(tmp_path / "m.keras")
-    loaded = keras.saving.load_model(tmp_path / "m.keras", safe_mode=True)
-    assert isinstance(loaded.loss, cls) and loaded.loss.get_config() == config
+def test_binary_check_loss(binary):
+    y_true, logits = binary
+    check_loss(tversky_loss, TverskyLoss, y_true, np_sigmoid(logits), alpha=0.3, beta=0.7)
+    check_loss(dense_focal_loss, FocalLoss, y_true, logits, mode="dense", alpha=0.25,
+               from_logits=True)
 
 
 def test_exported_from_kcv_losses():
@@ -316,10 +254,11 @@ def test_focal_loss_class_dense_mode_multiclass(multiclass):
     marked = labels.copy()
     marked[1, :3] = 255
     expected = np_focal(labels, probs, 2.0, alpha, valid=marked != 255)
-    loss = kcv.losses.FocalLoss(alpha=alpha, mode="dense", ignore_index=255)
+    loss = kcv.losses.FocalLoss(alpha=alpha, mode="dense", ignore_index=255, from_logits=True)
     np.testing.assert_allclose(loss(marked, logits), expected.mean(), rtol=1e-5)
     builtin = keras.losses.CategoricalFocalCrossentropy(alpha=0.25, gamma=2.0, from_logits=True)
-    np.testing.assert_allclose(kcv.losses.FocalLoss(mode="dense")(np.eye(4)[labels], logits),
+    np.testing.assert_allclose(kcv.losses.FocalLoss(mode="dense", from_logits=True)(
+                                   np.eye(4)[labels], logits),
                                builtin(np.eye(4)[labels], logits), rtol=1e-5)
 
 
@@ -327,26 +266,21 @@ def test_focal_loss_class_dense_mode_binary_equals_sigmoid_mode():
     rng = np.random.default_rng(4)
     y_true = (rng.random((2, 6, 6, 1)) > 0.6).astype(np.float32)
     logits = rng.normal(size=(2, 6, 6, 1)).astype(np.float32)
-    dense = kcv.losses.FocalLoss(alpha=0.25, mode="dense")(y_true, logits)
-    sigmoid = kcv.losses.FocalLoss(alpha=0.25)(y_true, logits)
+    dense = kcv.losses.FocalLoss(alpha=0.25, mode="dense", from_logits=True)(y_true, logits)
+    sigmoid = kcv.losses.FocalLoss(alpha=0.25, from_logits=True)(y_true, logits)
     np.testing.assert_allclose(dense, sigmoid, rtol=1e-5)
     # sparse [B, H, W] 0/1 targets against the one channel
-    np.testing.assert_allclose(kcv.losses.FocalLoss(alpha=0.25, mode="dense")(
+    np.testing.assert_allclose(kcv.losses.FocalLoss(alpha=0.25, mode="dense", from_logits=True)(
         y_true[..., 0].astype(np.int32), logits), sigmoid, rtol=1e-5)
 
 
-def test_focal_loss_class_dense_mode_serializes(tmp_path):
-    loss = kcv.losses.FocalLoss(alpha=[0.2, 0.8], gamma=1.0, mode="dense", ignore_index=-1)
-    config = loss.get_config()
-    assert config["mode"] == "dense" and config["alpha"] == [0.2, 0.8]
-    assert config["ignore_index"] == -1
-    inputs = keras.Input((4, 4, 3))
-    model = keras.Model(inputs, keras.layers.Conv2D(2, 1)(inputs))
-    model.compile("sgd", loss=loss)
-    model.save(tmp_path / "m.keras")
-    loaded = keras.saving.load_model(tmp_path / "m.keras", safe_mode=True)
-    assert loaded.loss.get_config() == config
-    assert kcv.losses.FocalLoss().get_config()["mode"] == "sigmoid"  # default unchanged
+def test_focal_loss_defaults_follow_keras():
+    # mode="sigmoid" (RetinaNet) and, as every Keras loss, probabilities unless from_logits=True
+    config = kcv.losses.FocalLoss().get_config()
+    assert config["mode"] == "sigmoid" and config["from_logits"] is False
+    y_true, probs = np.array([[1.0, 0.0]]), np.array([[0.8, 0.3]], np.float32)
+    expected = np.mean([-0.25 * 0.2**2 * np.log(0.8), -0.75 * 0.3**2 * np.log(0.7)])
+    np.testing.assert_allclose(float(kcv.losses.FocalLoss()(y_true, probs)), expected, rtol=1e-5)
 
 
 @pytest.mark.parametrize("kwargs, match", [

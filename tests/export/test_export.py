@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import tempfile
 import textwrap
 
 import keras
@@ -179,3 +180,46 @@ def test_dict_output_models_export(tmp_path):
     path = export.to_saved_model(model, tmp_path / "sm")
     out = tf.saved_model.load(path).signatures["serving_default"](image=tf.constant(x))
     np.testing.assert_allclose(out["C3"], model(x)["C3"], atol=1e-6)
+
+
+def _entries(folder):
+    return sorted(os.listdir(folder))
+
+
+def _adaptive_roi_align_model():
+    from kcv.layers import RoIAlign
+
+    inputs = [keras.Input((8, 8, 2)), keras.Input((4,)), keras.Input((), dtype="int32")]
+    return keras.Model(inputs, RoIAlign(2, sampling_ratio=-1)(inputs))
+
+
+@pytest.mark.parametrize("case", ["converted", "refused_as_flex", "refused_while_saving"])
+def test_conversion_leaves_no_temporary_directory(case, unet, tmp_path, monkeypatch):
+    # A conversion goes through a temporary SavedModel (two for a Flex refusal that has to list
+    # the ops); none may be left in the temp folder, also when writing the SavedModel fails
+    # (adaptive RoIAlign refuses export). The first conversion is not counted: autograph caches
+    # its generated source there, one file per converted function for the life of the process.
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(temp))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # gettempdir() reads TMPDIR again
+    assert tempfile.gettempdir() == str(temp)
+    inputs = keras.Input((4,))
+    model, error = {
+        "converted": (unet, None),
+        "refused_as_flex": (keras.Model(inputs, keras.layers.Activation(tf.math.erfinv)(inputs)),
+                            export.FlexOpsError),
+        "refused_while_saving": (_adaptive_roi_align_model(), ValueError),
+    }[case]
+
+    def convert(name):
+        if error is None:
+            export.to_tflite(model, tmp_path / name)
+        else:
+            with pytest.raises(error):
+                export.to_tflite(model, tmp_path / name)
+
+    convert("first.tflite")
+    before = _entries(temp)
+    convert("second.tflite")
+    assert _entries(temp) == before

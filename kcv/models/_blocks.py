@@ -113,27 +113,26 @@ def resnet_bottleneck_v2(x, filters, stride, name):
     return keras.layers.Add(name=f"{name}_out")([shortcut, x])
 
 
-def _mobilenet_depthwise(x, stride, conv_name, pad_name, **kwargs):
-    """keras.applications' MobileNet 3x3 depthwise convolution: stride 2 pads the bottom/right
-    by one pixel (`pad_name`) and convolves `valid`, stride 1 convolves `same`."""
+def _mobilenet_depthwise(x, stride, pad_name, conv_name, bn_name, act_name, depth_multiplier=1,
+                         **bn):
+    """keras.applications' MobileNet 3x3 depthwise convolution, BN and ReLU6: stride 2 pads the
+    bottom/right by one pixel (`pad_name`) and convolves `valid`, stride 1 convolves `same`."""
     if stride == 2:
         x = keras.layers.ZeroPadding2D(((0, 1), (0, 1)), name=pad_name)(x)
     conv = keras.layers.DepthwiseConv2D(3, strides=stride, use_bias=False,
                                         padding="same" if stride == 1 else "valid",
-                                        name=conv_name, **kwargs)
-    return x, conv
+                                        depth_multiplier=depth_multiplier, name=conv_name)
+    return conv_bn_act(x, conv, bn_name, act_name, activation="relu6", **bn)
 
 
 def mobilenet_v1_block(x, filters, stride, depth_multiplier, block_id):
     """keras.applications `_depthwise_conv_block`: 3x3 depthwise and 1x1 pointwise, BN, ReLU6."""
-    x, conv = _mobilenet_depthwise(x, stride, f"conv_dw_{block_id}", f"conv_pad_{block_id}",
-                                   depth_multiplier=depth_multiplier)
-    x = conv_bn_act(x, conv, f"conv_dw_{block_id}_bn", f"conv_dw_{block_id}_relu",
-                    activation="relu6")
-    conv = keras.layers.Conv2D(filters, 1, padding="same", use_bias=False,
-                               name=f"conv_pw_{block_id}")
-    return conv_bn_act(x, conv, f"conv_pw_{block_id}_bn", f"conv_pw_{block_id}_relu",
-                       activation="relu6")
+    name = f"conv_dw_{block_id}"
+    x = _mobilenet_depthwise(x, stride, f"conv_pad_{block_id}", name, f"{name}_bn",
+                             f"{name}_relu", depth_multiplier=depth_multiplier)
+    name = f"conv_pw_{block_id}"
+    conv = keras.layers.Conv2D(filters, 1, padding="same", use_bias=False, name=name)
+    return conv_bn_act(x, conv, f"{name}_bn", f"{name}_relu", activation="relu6")
 
 
 def mobilenet_v2_block(x, filters, stride, expansion, block_id):
@@ -147,9 +146,8 @@ def mobilenet_v2_block(x, filters, stride, expansion, block_id):
                                    name=f"{prefix}expand")
         x = conv_bn_act(x, conv, f"{prefix}expand_BN", f"{prefix}expand_relu",
                         activation="relu6", **bn)
-    x, conv = _mobilenet_depthwise(x, stride, f"{prefix}depthwise", f"{prefix}pad")
-    x = conv_bn_act(x, conv, f"{prefix}depthwise_BN", f"{prefix}depthwise_relu",
-                    activation="relu6", **bn)
+    x = _mobilenet_depthwise(x, stride, f"{prefix}pad", f"{prefix}depthwise",
+                             f"{prefix}depthwise_BN", f"{prefix}depthwise_relu", **bn)
     conv = keras.layers.Conv2D(filters, 1, padding="same", use_bias=False,
                                name=f"{prefix}project")
     x = conv_bn_act(x, conv, f"{prefix}project_BN", **bn)

@@ -22,9 +22,9 @@ def UNet(input_shape, num_classes, filters=64, depth=4, norm="batch", dropout=0.
     """Builds the U-Net: a contracting path, a symmetric expanding path and concatenated skips.
 
     Each level holds two 3x3 convolutions (`kcv.layers.ConvBNAct`: convolution, `norm`, ReLU,
-    named `<level>_conv1`, `<level>_conv2`); the encoder halves the
-    resolution `depth` times with 2x2 max pooling while doubling the filters, the decoder
-    upsamples `depth` times and concatenates the encoder features of the same resolution.
+    named `<level>_conv1`, `<level>_conv2`); the encoder halves the resolution `depth` times
+    with 2x2 max pooling while doubling the filters, the decoder upsamples `depth` times and
+    concatenates the encoder features of the same resolution.
     Convolutions use `"same"` padding (the paper's valid padding crops the output; here output
     and input have the same size), and a 1x1 convolution gives `num_classes` channels.
 

@@ -170,7 +170,7 @@ def test_receptive_field_of_a_named_model(capsys):
     # U-Net bottleneck by hand: two 3x3 convs per level, 2x2 pools: 5, 6 (jump 2), 14, 16
     # (jump 4), 32, 36 (jump 8), 68, 76 (jump 16), bottleneck 76 + 2 * 2 * 16 = 140.
     code, out, err = _run(capsys, ["receptive-field", "unet", "--input-size", "64", "--layer",
-                                   "bottleneck_relu2"])
+                                   "bottleneck_conv2"])
     assert code == 0, err
     result = _last_json(out)
     assert result["size"] == [140, 140] and result["jump"] == [16, 16]

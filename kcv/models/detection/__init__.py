@@ -1,3 +1,10 @@
 """kcv.models.detection: the pieces of two-stage detectors (anchors, matching, sampling, ...)."""
 
 from kcv.models.detection.anchors import AnchorGenerator, generate_anchors
+from kcv.models.detection.matcher import (
+    BELOW_LOW_THRESHOLD,
+    BETWEEN_THRESHOLDS,
+    Matcher,
+    pairwise_iou,
+)
+from kcv.models.detection.sampler import BalancedPositiveNegativeSampler, first_true_indices

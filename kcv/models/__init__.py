@@ -1,5 +1,6 @@
 """kcv.models: functional model builders (backbones, segmentation, detection)."""
 
+from kcv.models import detection
 from kcv.models.backbones import (
     VGG16,
     MobileNetV1,

@@ -7,4 +7,5 @@ from kcv.models.detection.matcher import (
     Matcher,
     pairwise_iou,
 )
+from kcv.models.detection.rpn import RPNHead, generate_proposals, rpn_loss, rpn_targets
 from kcv.models.detection.sampler import BalancedPositiveNegativeSampler, first_true_indices

@@ -8,8 +8,8 @@ import tensorflow as tf
 
 def _upsample_nearest(x, size):
     """Nearest-neighbour resize with source index `floor(i * in / out)` (PyTorch's "nearest")."""
-    return tf.compat.v1.image.resize_nearest_neighbor(x, size, align_corners=False,
-                                                      half_pixel_centers=False)
+    return tf.raw_ops.ResizeNearestNeighbor(images=x, size=tf.cast(size, tf.int32),
+                                            align_corners=False, half_pixel_centers=False)
 
 
 @keras.saving.register_keras_serializable(package="kcv")

@@ -6,7 +6,14 @@ from kcv.models.detection.matcher import (
     BELOW_LOW_THRESHOLD,
     BETWEEN_THRESHOLDS,
     Matcher,
+    matched_box_targets,
     pairwise_iou,
+)
+from kcv.models.detection.roi_heads import (
+    RoIBoxHead,
+    postprocess_detections,
+    roi_loss,
+    roi_targets,
 )
 from kcv.models.detection.rpn import RPNHead, generate_proposals, rpn_loss, rpn_targets
 from kcv.models.detection.sampler import BalancedPositiveNegativeSampler, first_true_indices

@@ -37,6 +37,31 @@ def pairwise_iou(gt_boxes, boxes):
     return box_ops.box_iou(gt_boxes[:, :, None, :], boxes[:, None, :, :], aligned=True)
 
 
+def matched_box_targets(matches, gt_boxes, reference_boxes, weights=(1.0, 1.0, 1.0, 1.0)):
+    """Regression targets (`encode_boxes`) of each item's matched GT box, zeros where unmatched.
+
+    Args:
+        matches: int Tensor `[B, N]` from a `Matcher` (negative: unmatched).
+        gt_boxes: float Tensor `[B, M, 4]`.
+        reference_boxes: float Tensor `[B or 1, N, 4]`, the anchors/RoIs (positive sizes).
+        weights: the box coder weights.
+
+    Returns:
+        float Tensor `[B, N, 4]`, finite everywhere (unmatched items never reach `log(0)` of a
+        padded GT box).
+
+    Example:
+        >>> matched_box_targets(tf.constant([[0, -1]]), tf.constant([[[0.0, 0.0, 20.0, 10.0]]]),
+        ...                     tf.constant([[[0.0, 0.0, 10.0, 10.0]] * 2])).numpy()[0]
+        array([[0.5      , 0.       , 0.6931472, 0.       ],
+               [0.       , 0.       , 0.       , 0.       ]], dtype=float32)
+    """
+    matched = tf.gather(gt_boxes, tf.maximum(matches, 0), batch_dims=1)
+    positive = (matches >= 0)[..., None]
+    matched = tf.where(positive, matched, reference_boxes)
+    return tf.where(positive, box_ops.encode_boxes(matched, reference_boxes, weights), 0.0)
+
+
 class Matcher:
     """Assigns each prediction (anchor or proposal) the ground truth it overlaps most.
 

@@ -15,7 +15,7 @@ import tensorflow as tf
 from custom_ops import boxes as box_ops
 from custom_ops.nms import batched_nms
 from kcv.losses.detection import smooth_l1_loss
-from kcv.models.detection.matcher import Matcher, pairwise_iou
+from kcv.models.detection.matcher import Matcher, matched_box_targets, pairwise_iou
 from kcv.models.detection.sampler import BalancedPositiveNegativeSampler
 
 
@@ -209,15 +209,6 @@ def generate_proposals(objectness, deltas, anchors, image_shape, pre_nms_top_n=1
         return out_boxes, out_scores, num
 
 
-def _matched_targets(matches, gt_boxes, reference_boxes, weights):
-    """Regression targets of each item's matched GT (zeros where unmatched)."""
-    matched = tf.gather(gt_boxes, tf.maximum(matches, 0), batch_dims=1)
-    positive = (matches >= 0)[..., None]
-    # Unmatched items may point at padded (zero) GT boxes: keep their log() finite.
-    matched = tf.where(positive, matched, reference_boxes)
-    return tf.where(positive, box_ops.encode_boxes(matched, reference_boxes, weights), 0.0)
-
-
 def rpn_targets(anchors, gt_boxes, gt_classes, matcher=None):
     """Anchor labels and regression targets, torchvision's `assign_targets_to_anchors`.
 
@@ -245,7 +236,7 @@ def rpn_targets(anchors, gt_boxes, gt_classes, matcher=None):
         gt_boxes = tf.cast(gt_boxes, tf.float32)
         matches = matcher(pairwise_iou(gt_boxes, anchors), gt_classes >= 0)
         labels = tf.where(matches >= 0, 1, tf.where(matches == -2, -1, 0))
-        targets = _matched_targets(matches, gt_boxes, anchors[None], (1.0, 1.0, 1.0, 1.0))
+        targets = matched_box_targets(matches, gt_boxes, anchors[None], (1.0, 1.0, 1.0, 1.0))
         return labels, targets
 
 

@@ -21,6 +21,9 @@ from kcv_testing import check_layer
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "layers"))
 from _numpy_conv import conv2d  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(__file__))
+from _numpy_detection import np_decode, np_nms  # noqa: E402
+
 
 def test_rpn_head_vs_numpy_conv():
     rng = np.random.default_rng(0)
@@ -45,47 +48,19 @@ def test_rpn_head_layer_checks():
     check_layer(RPNHead(3, conv_depth=2), feats)
 
 
-def _np_nms(boxes, scores, classes, thr):
-    order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
-    keep = []
-    for i in order:
-        if not np.isfinite(scores[i]):
-            continue
-        ok = True
-        for j in keep:
-            if classes[i] != classes[j]:
-                continue
-            a, b = boxes[i], boxes[j]
-            inter = (max(0, min(a[2], b[2]) - max(a[0], b[0]))
-                     * max(0, min(a[3], b[3]) - max(a[1], b[1])))
-            union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-            if union > 0 and inter / union > thr:
-                ok = False
-                break
-        if ok:
-            keep.append(i)
-    return keep
-
-
 def _np_proposals(logits, deltas, anchors, hw, pre, post, thr, min_size):
     """torchvision filter_proposals for one image (levels as lists), with kcv's delta order."""
     boxes, scores, levels = [], [], []
     for lv, (lg, d, a) in enumerate(zip(logits, deltas, anchors)):
         top = np.argsort(-lg, kind="stable")[:pre]
-        d, a = d[top].astype(np.float64), a[top].astype(np.float64)
-        ah, aw = a[:, 2] - a[:, 0], a[:, 3] - a[:, 1]
-        cy, cx = a[:, 0] + 0.5 * ah + d[:, 0] * ah, a[:, 1] + 0.5 * aw + d[:, 1] * aw
-        h = np.exp(np.minimum(d[:, 2], np.log(1000 / 16))) * ah
-        w = np.exp(np.minimum(d[:, 3], np.log(1000 / 16))) * aw
-        b = np.stack([cy - h / 2, cx - w / 2, cy + h / 2, cx + w / 2], 1)
-        b = np.clip(b, 0, [hw[0], hw[1], hw[0], hw[1]])
+        b = np.clip(np_decode(d[top], a[top]), 0, [hw[0], hw[1], hw[0], hw[1]])
         boxes.append(b)
         scores.append(1 / (1 + np.exp(-lg[top].astype(np.float64))))
         levels.append(np.full(len(top), lv))
     boxes, scores, levels = map(np.concatenate, (boxes, scores, levels))
     big = (boxes[:, 2] - boxes[:, 0] >= min_size) & (boxes[:, 3] - boxes[:, 1] >= min_size)
     idx = np.nonzero(big)[0]
-    keep = idx[_np_nms(boxes[idx], scores[idx], levels[idx], thr)][:post]
+    keep = idx[np_nms(boxes[idx], scores[idx], levels[idx], thr)][:post]
     return boxes[keep], scores[keep]
 
 

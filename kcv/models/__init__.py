@@ -11,4 +11,5 @@ from kcv.models.backbones import (
     ResNet101,
     ResNet152,
 )
+from kcv.models.detection.faster_rcnn import FasterRCNN
 from kcv.models.segmentation import DeepLabV3, HRNet, UNet, UNetPlusPlus, prune

@@ -1,6 +1,7 @@
 """kcv.models.detection: the pieces of two-stage detectors (anchors, matching, sampling, ...)."""
 
 from kcv.models.detection.anchors import AnchorGenerator, generate_anchors
+from kcv.models.detection.faster_rcnn import FasterRCNN
 from kcv.models.detection.fpn import FPN
 from kcv.models.detection.matcher import (
     BELOW_LOW_THRESHOLD,

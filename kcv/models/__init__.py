@@ -1,5 +1,6 @@
 """kcv.models: functional model builders (backbones, segmentation, detection)."""
 
+from kcv.models import detection
 from kcv.models.backbones import (
     VGG16,
     MobileNetV1,
@@ -10,5 +11,6 @@ from kcv.models.backbones import (
     ResNet101,
     ResNet152,
 )
+from kcv.models.detection.faster_rcnn import FasterRCNN
 from kcv.models.segmentation import DeepLabV3, HRNet, UNet, UNetPlusPlus, prune
 from kcv.models.siamese import SiameseNetwork

@@ -1,4 +1,4 @@
-"""kcv.models: functional model builders (backbones, segmentation, detection)."""
+"""kcv.models: functional model builders (backbones, segmentation, detection) and generative models."""
 
 from kcv.models.backbones import (
     VGG16,
@@ -10,4 +10,5 @@ from kcv.models.backbones import (
     ResNet101,
     ResNet152,
 )
+from kcv.models.generative import VAE
 from kcv.models.segmentation import DeepLabV3, HRNet, UNet, UNetPlusPlus, prune

@@ -1,0 +1,3 @@
+"""Generative models: VAE, GAN (DCGAN reference networks) and CycleGAN."""
+
+from kcv.models.generative.vae import VAE

@@ -10,5 +10,5 @@ from kcv.models.backbones import (
     ResNet101,
     ResNet152,
 )
-from kcv.models.generative import VAE
+from kcv.models.generative import GAN, VAE, DCGANDiscriminator, DCGANGenerator
 from kcv.models.segmentation import DeepLabV3, HRNet, UNet, UNetPlusPlus, prune

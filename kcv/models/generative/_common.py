@@ -73,3 +73,45 @@ def minimize(optimizer, tape, scaled_loss, variables):
 
 def as_float32(*tensors):
     return [tf.cast(t, tf.float32) for t in tensors]
+
+
+def _adam():
+    """Adam(2e-4, beta_1=0.5), the optimizer of DCGAN (Radford et al. 2016) and CycleGAN."""
+    return keras.optimizers.Adam(2e-4, beta_1=0.5)
+
+
+class AdversarialModel(keras.Model):
+    """A model trained with two optimizers, one for its generator(s), one for its
+    discriminator(s). Subclasses define `generator_variables` and `discriminator_variables`."""
+
+    def compile(self, generator_optimizer=None, discriminator_optimizer=None, **kwargs):
+        """Configures training.
+
+        Args:
+            generator_optimizer: optimizer (instance or identifier) of the generator weights;
+                default Adam(2e-4, beta_1=0.5) as in DCGAN and CycleGAN.
+            discriminator_optimizer: the same for the discriminator weights.
+            **kwargs: `keras.Model.compile` arguments (`run_eagerly`, `jit_compile`, ...);
+                `optimizer` and `loss` are not taken: the losses are fixed by the model.
+        """
+        for key in ("optimizer", "loss"):
+            if key in kwargs:
+                raise TypeError(f"{type(self).__name__}.compile takes `generator_optimizer` and "
+                                f"`discriminator_optimizer`, not `{key}`. Received: "
+                                f"{key}={kwargs[key]!r}")
+        self.generator_optimizer = optimizer_for(self, generator_optimizer or _adam())
+        self.discriminator_optimizer = optimizer_for(self, discriminator_optimizer or _adam())
+        super().compile(optimizer=self.generator_optimizer, **kwargs)
+
+    def get_compile_config(self):
+        if not self.compiled:
+            return None
+        return {"generator_optimizer": keras.optimizers.serialize(self.generator_optimizer),
+                "discriminator_optimizer":
+                    keras.optimizers.serialize(self.discriminator_optimizer)}
+
+    def compile_from_config(self, config):
+        self.compile(**{k: keras.optimizers.deserialize(v) for k, v in config.items()})
+        if self.built:  # so that the optimizers' saved state loads, as Model does for its own
+            self.generator_optimizer.build(self.generator_variables)
+            self.discriminator_optimizer.build(self.discriminator_variables)

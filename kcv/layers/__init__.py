@@ -15,5 +15,6 @@ from kcv.layers.deformable import DeformableConv2D
 from kcv.layers.detection import DetectionPostProcess
 from kcv.layers.dilated import HybridDilatedConv
 from kcv.layers.normalization import normalization
+from kcv.layers.padding import ReflectionPadding2D
 from kcv.layers.roi import MultiScaleRoIAlign, RoIAlign, RoIPool
 from kcv.layers.upsampling import DenseUpsampling

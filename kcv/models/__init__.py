@@ -10,5 +10,13 @@ from kcv.models.backbones import (
     ResNet101,
     ResNet152,
 )
-from kcv.models.generative import GAN, VAE, DCGANDiscriminator, DCGANGenerator
+from kcv.models.generative import (
+    GAN,
+    VAE,
+    CycleGAN,
+    DCGANDiscriminator,
+    DCGANGenerator,
+    PatchGANDiscriminator,
+    ResNetGenerator,
+)
 from kcv.models.segmentation import DeepLabV3, HRNet, UNet, UNetPlusPlus, prune

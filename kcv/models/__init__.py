@@ -1,4 +1,4 @@
-"""kcv.models: functional model builders (backbones, segmentation, detection)."""
+"""kcv.models: functional model builders (backbones, segmentation, detection) and generative models."""
 
 from kcv.models import detection
 from kcv.models.backbones import (
@@ -12,5 +12,14 @@ from kcv.models.backbones import (
     ResNet152,
 )
 from kcv.models.detection.faster_rcnn import FasterRCNN
+from kcv.models.generative import (
+    GAN,
+    VAE,
+    CycleGAN,
+    DCGANDiscriminator,
+    DCGANGenerator,
+    PatchGANDiscriminator,
+    ResNetGenerator,
+)
 from kcv.models.segmentation import DeepLabV3, HRNet, UNet, UNetPlusPlus, prune
 from kcv.models.siamese import SiameseNetwork

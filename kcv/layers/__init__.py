@@ -14,6 +14,14 @@ from kcv.layers.conv_blocks import (
 from kcv.layers.deformable import DeformableConv2D
 from kcv.layers.detection import DetectionPostProcess
 from kcv.layers.dilated import HybridDilatedConv
+from kcv.layers.embedding import (
+    ClassToken,
+    LearnedPositionEmbedding,
+    PatchEmbedding,
+    SinusoidalPositionalEncoding,
+    TokenAndPositionEmbedding,
+)
 from kcv.layers.normalization import normalization
 from kcv.layers.roi import MultiScaleRoIAlign, RoIAlign, RoIPool
+from kcv.layers.transformer import PaddingMask, TransformerDecoderLayer, TransformerEncoderLayer
 from kcv.layers.upsampling import DenseUpsampling

@@ -11,3 +11,4 @@ from kcv.models.backbones import (
     ResNet152,
 )
 from kcv.models.segmentation import DeepLabV3, HRNet, UNet, UNetPlusPlus, prune
+from kcv.models.transformer import Transformer, beam_search, greedy_decode

@@ -12,3 +12,4 @@ from kcv.models.backbones import (
 )
 from kcv.models.segmentation import DeepLabV3, HRNet, UNet, UNetPlusPlus, prune
 from kcv.models.transformer import Transformer, beam_search, greedy_decode
+from kcv.models.vit import VisionTransformer

@@ -126,11 +126,14 @@ class _TransformerLayer(keras.layers.Layer):
 
     @staticmethod
     def _attend(attention, memory, mask, training, scores):
-        """`f(x) = attention(x, memory or x)` for `_residual`, appending the weights to `scores`."""
+        """`f(x) = attention(x, memory or x)` for `_residual`; weights appended to `scores` (a list)."""
 
         def f(x):
-            out, weights = attention(x, x if memory is None else memory, attention_mask=mask,
-                                     training=training, return_attention_scores=True)
+            value = x if memory is None else memory
+            if scores is None:  # no weights wanted: Keras may use its fused attention kernel
+                return attention(x, value, attention_mask=mask, training=training)
+            out, weights = attention(x, value, attention_mask=mask, training=training,
+                                     return_attention_scores=True)
             scores.append(weights)
             return out
 
@@ -210,7 +213,7 @@ class TransformerEncoderLayer(_TransformerLayer):
     def call(self, inputs, mask=None, attention_mask=None, training=None,
              return_attention_scores=False):
         mask = combine_masks(_implicit_mask(inputs, mask), attention_mask)
-        scores = []
+        scores = [] if return_attention_scores else None
         attend = self._attend(self.self_attention, None, mask, training, scores)
         x = self._residual(inputs, attend, self.norm1, self.dropout1, training)
         x = self._residual(x, lambda h: self._feedforward(h, training), self.norm2,
@@ -277,7 +280,7 @@ class TransformerDecoderLayer(_TransformerLayer):
         self_mask = combine_masks(_implicit_mask(target, target_mask),
                                   causal=causal_mask(length) if use_causal_mask else None)
         cross_mask = combine_masks(_implicit_mask(memory, memory_mask))
-        scores = []
+        scores = [] if return_attention_scores else None
         self_attend = self._attend(self.self_attention, None, self_mask, training, scores)
         cross_attend = self._attend(self.cross_attention, memory, cross_mask, training, scores)
         x = self._residual(target, self_attend, self.norm1, self.dropout1, training)

@@ -1,5 +1,7 @@
 """Transformer encoder/decoder layers against a NumPy transcription of Vaswani et al. 2017."""
 
+import os
+
 import keras
 import numpy as np
 import pytest
@@ -144,3 +146,53 @@ def test_wrong_width_input():
         TransformerEncoderLayer(8, 2, 16)(np.zeros((2, 3, 6), "float32"))
     with pytest.raises(ValueError, match="pad_id=-1"):
         PaddingMask(-1)
+
+
+_FIXTURES = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "fixtures",
+                         "torch_transformer_layers.npz")
+
+
+def _load_torch_attention(mha, f, prefix, d=8, heads=2):
+    """torch in_proj (q, k, v stacked, y = x W^T + b) and out_proj into a Keras MHA."""
+    w, b = f[f"{prefix}.in_proj_weight"], f[f"{prefix}.in_proj_bias"]
+    kernels = [w[i * d:(i + 1) * d].T.reshape(d, heads, d // heads) for i in range(3)]
+    biases = [b[i * d:(i + 1) * d].reshape(heads, d // heads) for i in range(3)]
+    out_w = f[f"{prefix}.out_proj.weight"].T.reshape(heads, d // heads, d)
+    for dense, kernel, bias in zip((mha.query_dense, mha.key_dense, mha.value_dense),
+                                   kernels, biases):
+        dense.kernel.assign(kernel)
+        dense.bias.assign(bias)
+    mha.output_dense.kernel.assign(out_w)
+    mha.output_dense.bias.assign(f[f"{prefix}.out_proj.bias"])
+
+
+def _load_torch_rest(layer, f, prefix, norms):
+    layer.linear1.kernel.assign(f[f"{prefix}/linear1.weight"].T)
+    layer.linear1.bias.assign(f[f"{prefix}/linear1.bias"])
+    layer.linear2.kernel.assign(f[f"{prefix}/linear2.weight"].T)
+    layer.linear2.bias.assign(f[f"{prefix}/linear2.bias"])
+    for i in range(1, norms + 1):
+        norm = getattr(layer, f"norm{i}")
+        norm.gamma.assign(f[f"{prefix}/norm{i}.weight"])
+        norm.beta.assign(f[f"{prefix}/norm{i}.bias"])
+
+
+@pytest.mark.parametrize("tag", ["post", "pre"])
+def test_matches_torch_fixtures(tag):
+    # Fixtures from torch.nn.TransformerEncoderLayer / DecoderLayer with random weights
+    # (tools/make_transformer_fixtures.py); torch marks padding with True, Keras real tokens.
+    f = np.load(_FIXTURES)
+    src, tgt, padding = f["src"], f["tgt"], ~f["src_padding"]
+    enc = TransformerEncoderLayer(8, 2, 12, dropout=0.0, norm_first=tag == "pre")
+    dec = TransformerDecoderLayer(8, 2, 12, dropout=0.0, norm_first=tag == "pre")
+    enc(src)
+    dec(tgt, src)
+    _load_torch_attention(enc.self_attention, f, f"{tag}/enc/self_attn")
+    _load_torch_rest(enc, f, f"{tag}/enc", 2)
+    _load_torch_attention(dec.self_attention, f, f"{tag}/dec/self_attn")
+    _load_torch_attention(dec.cross_attention, f, f"{tag}/dec/multihead_attn")
+    _load_torch_rest(dec, f, f"{tag}/dec", 3)
+    got = np.asarray(enc(src, mask=padding))
+    np.testing.assert_allclose(got[padding], f[f"{tag}/enc_out"][padding], atol=1e-5)
+    got = np.asarray(dec(tgt, src, memory_mask=padding))
+    np.testing.assert_allclose(got, f[f"{tag}/dec_out"], atol=1e-5)

@@ -23,3 +23,5 @@ from kcv.models.generative import (
 )
 from kcv.models.segmentation import DeepLabV3, HRNet, UNet, UNetPlusPlus, prune
 from kcv.models.siamese import SiameseNetwork
+from kcv.models.transformer import Transformer, beam_search, greedy_decode
+from kcv.models.vit import VisionTransformer

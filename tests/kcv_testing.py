@@ -100,6 +100,8 @@ def check_keras_reload(model, arrays, atol=1e-6):
             model = keras.saving.load_model(os.path.join(tmp, "model.keras"), safe_mode=True)
             arrays = [np.load(os.path.join(tmp, f"in_{{i}}.npy")) for i in range({len(arrays)})]
             out = model(arrays if len(arrays) > 1 else arrays[0], training=False)
+            if isinstance(out, dict):  # Keras flattens dict outputs in sorted key order
+                out = [out[k] for k in sorted(out)]
             out = out if isinstance(out, (list, tuple)) else [out]
             for i, o in enumerate(out):
                 np.save(os.path.join(tmp, f"out_{{i}}.npy"), np.asarray(o))

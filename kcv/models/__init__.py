@@ -10,4 +10,5 @@ from kcv.models.backbones import (
     ResNet101,
     ResNet152,
 )
+from kcv.models.pose import OpenPose
 from kcv.models.segmentation import DeepLabV3, HRNet, UNet, UNetPlusPlus, prune

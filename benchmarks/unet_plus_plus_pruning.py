@@ -18,7 +18,7 @@ import tensorflow as tf  # noqa: E402
 
 import export  # noqa: E402
 import kcv  # noqa: E402
-from export.tflite import _interpreter  # noqa: E402
+from export._litert import interpreter  # noqa: E402
 
 
 def _keras_runner(model):
@@ -27,7 +27,7 @@ def _keras_runner(model):
 
 
 def _lite_runner(model):
-    runner = _interpreter(export.convert_to_tflite(model)).get_signature_runner()
+    runner = interpreter(export.convert_to_tflite(model)).get_signature_runner()
     name = next(iter(runner.get_input_details()))
     return lambda x: runner(**{name: x})
 

@@ -1,8 +1,9 @@
 """Where is an op being traced? Helpers for ops that compile their internals with XLA.
 
-Some ops (RoIAlign, deformable convolution) run their gather/scatter internals as small nested
-`tf.function(jit_compile=True)` programs, because TensorFlow's own kernels materialise large
-intermediates that XLA fuses away. They must not do so when
+Some ops run their internals as small nested `tf.function(jit_compile=True)` programs: RoIAlign
+and deformable convolution their gathers/scatters (TensorFlow's own kernels materialise large
+intermediates that XLA fuses away), the NMS family its `while_loop` (XLA fuses each step's small
+ops). They must not do so when
 
 * the caller is already compiled with XLA (`jit_compile=True`, e.g. Keras' `model.fit`): the
   plain ops then join the caller's XLA program, and nesting a compiled function there is
@@ -10,61 +11,68 @@ intermediates that XLA fuses away. They must not do so when
 * a SavedModel is being written (`tf.saved_model.save`, and therefore `export.to_tflite`, which
   goes through a SavedModel): the exported graph must keep portable builtin ops.
 
-TensorFlow has no public API for either question, so both helpers use internal modules. They are
-wrapped in `try`/`except` with a safe fallback: if the internal API moves, `in_xla_context()`
-answers True and `in_save_context()` answers True, i.e. callers fall back to the plain ops
-(always correct, only slower).
+TensorFlow has no public API for either question; `custom_ops._compat` asks its internals.
+When an internal is missing (a TensorFlow upgrade moved it) the answer is unknown, and each helper
+returns its `if_unknown` argument: `True` by default, so `use_nested_xla()` is False and ops take
+the plain path (always correct, only slower); a check that would *refuse* something passes
+`if_unknown=False`, so a missing internal never turns a working call into an error.
 """
 
 import math
 
 import tensorflow as tf
 
+from custom_ops import _compat
 
-def in_xla_context():
+
+def in_xla_context(if_unknown=True):
     """True when the default graph (or an enclosing one) is being compiled with XLA.
+
+    Args:
+        if_unknown: the answer when TensorFlow's internal API is unavailable.
 
     Returns:
         bool. False in eager mode and in a plain `tf.function`; True inside
-        `tf.function(jit_compile=True)` (and whenever the internal API is unavailable).
+        `tf.function(jit_compile=True)`.
 
     Example:
         >>> in_xla_context()
         False
-        >>> tf.function(lambda: tf.constant(in_xla_context()), jit_compile=True)().numpy()
+        >>> bool(tf.function(lambda: tf.constant(in_xla_context()), jit_compile=True)())
         True
     """
-    try:
-        from tensorflow.python.ops import control_flow_util  # internal: no public API
-
-        return bool(control_flow_util.GraphOrParentsInXlaContext(
-            tf.compat.v1.get_default_graph()))
-    except Exception:  # noqa: BLE001 - any failure of the internal API: assume XLA (plain ops)
-        return True
+    answer = _compat.graph_in_xla_context(tf.compat.v1.get_default_graph())
+    return if_unknown if answer is None else answer
 
 
-def in_save_context():
+def in_save_context(if_unknown=True):
     """True while `tf.saved_model.save` traces the functions it exports.
 
+    Args:
+        if_unknown: the answer when TensorFlow's internal API is unavailable.
+
     Returns:
-        bool (True whenever the internal API is unavailable).
+        bool.
 
     Example:
         >>> in_save_context()
         False
     """
-    try:
-        from tensorflow.python.saved_model import save_context  # internal: no public API
-
-        return bool(save_context.in_save_context())
-    except Exception:  # noqa: BLE001 - any failure of the internal API: assume export
-        return True
+    answer = _compat.in_save_context()
+    return if_unknown if answer is None else answer
 
 
 def use_nested_xla():
     """True when an op may run its internals as nested `jit_compile=True` functions.
 
-    That is: not already inside an XLA cluster and not writing a SavedModel (see module doc).
+    That is: not already inside an XLA cluster and not writing a SavedModel (see module doc);
+    False when TensorFlow cannot tell.
+
+    Example:
+        >>> use_nested_xla()  # eager
+        True
+        >>> bool(tf.function(lambda: tf.constant(use_nested_xla()), jit_compile=True)())
+        False
     """
     return not in_xla_context() and not in_save_context()
 
@@ -74,6 +82,10 @@ def padded_bins(bins, bins_per_box):
 
     XLA compiles one program per shape; bucketing bounds the recompilations for a varying
     number of boxes K to about log2(K_max).
+
+    Example:
+        >>> int(padded_bins(tf.constant(5 * 4), bins_per_box=4))  # 5 boxes -> 8 boxes
+        32
     """
     boxes = tf.maximum(bins // bins_per_box, 1)
     exponent = tf.math.ceil(tf.math.log(tf.cast(boxes, tf.float64)) / math.log(2.0) - 1e-9)

@@ -15,6 +15,9 @@ import tensorflow as tf
 _FORMATS = ("yxyx", "xyxy", "xywh", "cxcywh")
 _DEFAULT_CLIP = math.log(1000.0 / 16.0)
 
+__all__ = ["box_area", "box_iou", "generalized_box_iou", "distance_box_iou", "complete_box_iou",
+           "convert_format", "clip_boxes", "encode_boxes", "decode_boxes"]
+
 
 def _as_boxes(boxes, name):
     boxes = tf.convert_to_tensor(boxes)

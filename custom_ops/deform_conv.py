@@ -423,9 +423,11 @@ def _backward(geo, x, offsets, kernel, mask, upstream, dtype):
 
 
 # --------------------------------------------------------------------------- nested XLA kernels
-# Outside an XLA cluster and outside a SavedModel export, the sampling side of the op (gather of
-# the corners and weighted sum; in the backward pass the recomputed columns and the
-# offset/mask/input gradients with their scatter) runs as two small XLA programs. XLA fuses the
+# Outside an XLA cluster and outside a SavedModel export, the sampling side of the op runs as
+# three small XLA programs: `_xla_sampling` (bilinear rows, weights and their position
+# derivatives), `_xla_columns` (corner gathers fused with their weighted sum) and
+# `_xla_sample_grads` (offset/mask gradients and the input-gradient scatter). The forward pass
+# runs the first two; the backward pass runs all three (recomputing the columns). XLA fuses the
 # gather with its weighted sum, so the `[R, 4, Cg]` corners tensor (4x the columns) is never
 # materialised, and its scatter is a single loop. The matmuls stay TensorFlow's (oneDNN on CPU,
 # cuBLAS on GPU), which are faster than XLA's. Same formulas as the plain path above.

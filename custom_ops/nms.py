@@ -34,6 +34,8 @@ import tensorflow as tf
 from custom_ops._context import padded_bins as _padded_bins
 from custom_ops._context import use_nested_xla
 
+__all__ = ["nms", "batched_nms", "diou_nms", "weighted_nms", "soft_nms"]
+
 _TILE = 512
 
 

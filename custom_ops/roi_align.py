@@ -10,6 +10,8 @@ from custom_ops._context import in_xla_context as _in_xla_context
 from custom_ops._context import padded_bins as _padded_bins
 from custom_ops._context import use_nested_xla
 
+__all__ = ["roi_align", "multiscale_roi_align", "fpn_levels"]
+
 
 def _check_sampling_ratio(sampling_ratio):
     if not isinstance(sampling_ratio, numbers.Integral) or isinstance(sampling_ratio, bool):
@@ -194,7 +196,8 @@ def _prepare(features, boxes, box_indices, output_size, spatial_scale, sampling_
     output_size = _sampling.check_output_size(output_size)
     spatial_scale = _sampling.check_spatial_scale(spatial_scale)
     sampling_ratio = _check_sampling_ratio(sampling_ratio)
-    if sampling_ratio <= 0 and _in_xla_context():
+    # if_unknown=False: without TensorFlow's internal XLA flag, adaptive sampling is not refused.
+    if sampling_ratio <= 0 and _in_xla_context(if_unknown=False):
         raise ValueError(
             "roi_align with adaptive sampling (`sampling_ratio <= 0`) has a data-dependent "
             "number of samples per bin and cannot be compiled with XLA or exported to TFLite. "

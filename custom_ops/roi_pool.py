@@ -11,6 +11,8 @@ import tensorflow as tf
 
 from custom_ops import _sampling
 
+__all__ = ["roi_pool"]
+
 
 def _round_half_away(x):
     """C's `round()` (torchvision uses it); `tf.round` rounds half to even."""

@@ -1,9 +1,23 @@
-"""Helpers shared by the exporters: input signatures and the overwrite rule."""
+"""Helpers shared by the exporters: input signatures, output names and the overwrite rule.
+
+Private attribute touched (Keras has no public accessor that covers Sequential models):
+
+* `keras.KerasTensor._keras_history`: the layer that produced a model output, whose name
+  `output_names` gives the output (functional models also have `model.output_names`, Sequential
+  ones do not). When it is missing the output is named `output_<i>`.
+
+`PRIVATE_ATTRIBUTES` lists it; `tests/test_compat.py` checks it exists in the installed Keras.
+"""
 
 import os
 import shutil
 
 import tensorflow as tf
+
+PRIVATE_ATTRIBUTES = (
+    ("keras.KerasTensor", "_keras_history",
+     "output_names names a model's outputs after the layers that produce them"),
+)
 
 
 def input_specs(model, batch_size=None, input_shapes=None):

@@ -23,7 +23,12 @@ def to_saved_model(model, path, overwrite=False, batch_size=None):
         The path written, as a string.
 
     Example:
-        >>> to_saved_model(model, "exports/unet/1")  # TF Serving's versioned layout
+        >>> import keras
+        >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+        >>> to_saved_model(model, "exports/dense/1")  # TF Serving's versioned layout
+        'exports/dense/1'
+        >>> sorted(tf.saved_model.load("exports/dense/1").signatures)
+        ['serving_default']
     """
     path = prepare_path(path, overwrite)
     write_saved_model(model, path, input_specs(model, batch_size=batch_size))

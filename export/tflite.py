@@ -5,14 +5,16 @@ TFLite here means `TFLITE_BUILTINS` (or `TFLITE_BUILTINS_INT8`) only: a model th
 a `FlexOpsError` that lists the ops. (Keras' `model.export(format="litert")` silently allows them.)
 """
 
+import contextlib
 import os
 import re
-import shutil
+import tempfile
 
 import numpy as np
 import tensorflow as tf
 
 from export._common import input_specs, prepare_path
+from export._litert import interpreter, tflite_ops
 
 _QUANTIZATIONS = (None, "float16", "dynamic", "int8")
 
@@ -56,39 +58,35 @@ def _representative(model, representative_data, specs):
     return gen
 
 
+@contextlib.contextmanager
 def _converter(model, specs):
     """A converter for the model's serving function, with the weights frozen into constants.
 
     Goes through a temporary SavedModel: the converter then folds the variables into constants
     (converting the concrete function directly keeps VAR_HANDLE/READ_VARIABLE ops for Keras 3
-    variables, which int8 calibration cannot run).
+    variables, which int8 calibration cannot run). Convert inside the `with` block: the
+    temporary folder is removed when it ends, whether the conversion succeeded or not.
     """
-    import tempfile
-
     from export.saved_model import write_saved_model
 
-    tmp = tempfile.mkdtemp(prefix="kcv_tflite_")
-    path = os.path.join(tmp, "saved_model")
-    write_saved_model(model, path, specs)
-    conv = tf.lite.TFLiteConverter.from_saved_model(path, signature_keys=["serving_default"])
-    conv._kcv_tmpdir = tmp
-    return conv
+    with tempfile.TemporaryDirectory(prefix="kcv_tflite_") as tmp:
+        path = os.path.join(tmp, "saved_model")
+        write_saved_model(model, path, specs)
+        yield tf.lite.TFLiteConverter.from_saved_model(path, signature_keys=["serving_default"])
 
 
 def _find_flex_ops(model, specs):
     """Converts with select TF ops allowed, and lists the ops that ended up outside the builtins."""
-    conv = _converter(model, specs)
-    conv.target_spec.supported_ops = [
-        tf.lite.OpsSet.TFLITE_BUILTINS,
-        tf.lite.OpsSet.SELECT_TF_OPS,
-    ]
-    conv.allow_custom_ops = True
-    try:
-        content = conv.convert()
-    except Exception:  # pragma: no cover - nothing more to learn
-        return []
-    from export.verify import tflite_ops
-
+    with _converter(model, specs) as conv:
+        conv.target_spec.supported_ops = [
+            tf.lite.OpsSet.TFLITE_BUILTINS,
+            tf.lite.OpsSet.SELECT_TF_OPS,
+        ]
+        conv.allow_custom_ops = True
+        try:
+            content = conv.convert()
+        except Exception:  # pragma: no cover - nothing more to learn
+            return []
     return [op for op in tflite_ops(content) if op.startswith("Flex") or op == "CUSTOM"]
 
 
@@ -121,7 +119,11 @@ def convert_to_tflite(model, quantization=None, representative_data=None, batch_
             f"`quantization` must be one of {_QUANTIZATIONS}. Received: quantization={quantization!r}"
         )
     specs = input_specs(model, batch_size=batch_size, input_shapes=input_shapes)
-    conv = _converter(model, specs)
+    with _converter(model, specs) as conv:
+        return _convert(conv, model, specs, quantization, representative_data, int8_io)
+
+
+def _convert(conv, model, specs, quantization, representative_data, int8_io):
     conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     if quantization == "float16":
         conv.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -144,8 +146,6 @@ def convert_to_tflite(model, quantization=None, representative_data=None, batch_
             ops = sorted({op.strip() for line in named for op in line.split(",") if op.strip()})
             raise FlexOpsError(ops or _find_flex_ops(model, specs)) from err
         raise
-    finally:
-        shutil.rmtree(conv._kcv_tmpdir, ignore_errors=True)
 
 
 def to_tflite(model, path, quantization=None, representative_data=None, overwrite=False,
@@ -161,22 +161,18 @@ def to_tflite(model, path, quantization=None, representative_data=None, overwrit
         The path written.
 
     Example:
-        >>> to_tflite(model, "unet_int8.tflite", quantization="int8",
-        ...           representative_data=val_ds.take(20))
+        >>> import keras
+        >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+        >>> calibration = [np.random.default_rng(i).random((1, 4), "float32") for i in range(8)]
+        >>> to_tflite(model, "dense_int8.tflite", quantization="int8",
+        ...           representative_data=calibration)
+        'dense_int8.tflite'
     """
     path = prepare_path(path, overwrite)
     content = convert_to_tflite(model, quantization, representative_data, batch_size, int8_io)
     with open(path, "wb") as f:
         f.write(content)
     return path
-
-
-def _interpreter(model):
-    from ai_edge_litert.interpreter import Interpreter
-
-    if isinstance(model, (bytes, bytearray)):
-        return Interpreter(model_content=bytes(model))
-    return Interpreter(model_path=os.fspath(model))
 
 
 def _quantize(x, detail):
@@ -215,7 +211,7 @@ def run_tflite(model, inputs, output_names=None, input_names=None):
     Returns:
         A list of float arrays, one per output.
     """
-    interp = _interpreter(model)
+    interp = interpreter(model)
     runner = interp.get_signature_runner()
     sig = interp.get_signature_list()
     key = next(iter(sig))

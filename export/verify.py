@@ -6,19 +6,12 @@ import time
 import numpy as np
 
 from export._common import input_names, named_outputs, output_names
-from export.tflite import _interpreter, run_tflite
+from export._litert import interpreter, tflite_ops
+from export.tflite import run_tflite
+
+__all__ = ["verify"]
 
 _BUILTIN_EXCLUDE = ("Flex", "CUSTOM")
-
-
-def tflite_ops(model):
-    """The sorted set of op names in a `.tflite` file or bytes (e.g. `CONV_2D`, `FlexErf`)."""
-    interp = _interpreter(model)
-    ops = set()
-    for detail in interp._get_ops_details():  # the public API has no op listing
-        name = detail["op_name"]
-        ops.add(name)
-    return sorted(ops)
 
 
 def verify(model, tflite_path, inputs, num_runs=20, metric_fn=None):
@@ -47,7 +40,7 @@ def verify(model, tflite_path, inputs, num_runs=20, metric_fn=None):
     diff = max(float(np.max(np.abs(k - t))) if k.size else 0.0 for k, t in zip(keras_out, lite_out))
     ops = tflite_ops(tflite_path)
 
-    interp = _interpreter(tflite_path)
+    interp = interpreter(tflite_path)
     runner = interp.get_signature_runner()
     details = runner.get_input_details()
     feed = {}

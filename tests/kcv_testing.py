@@ -12,6 +12,7 @@ import copy
 import inspect
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -85,8 +86,13 @@ def check_config_round_trip(obj, arrays=None, input_dtypes=None):
 
 
 def check_keras_reload(model, arrays, atol=1e-6):
-    """Saves `model` to `.keras`, reloads it in a fresh process with `safe_mode=True`."""
-    expected = _outputs(model, arrays)
+    """Saves `model` to `.keras`, reloads it in a fresh process with `safe_mode=True`.
+
+    Dict outputs (e.g. backbones with `return_features=True`) are compared key by key.
+    """
+    out = model(_model_input(arrays), training=False)
+    want_keys = sorted(out) if isinstance(out, dict) else None
+    expected = [np.asarray(o) for o in _as_list(out)]
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "model.keras")
         model.save(path)
@@ -100,7 +106,8 @@ def check_keras_reload(model, arrays, atol=1e-6):
             model = keras.saving.load_model(os.path.join(tmp, "model.keras"), safe_mode=True)
             arrays = [np.load(os.path.join(tmp, f"in_{{i}}.npy")) for i in range({len(arrays)})]
             out = model(arrays if len(arrays) > 1 else arrays[0], training=False)
-            if isinstance(out, dict):  # Keras flattens dict outputs in sorted key order
+            if isinstance(out, dict):  # as `_as_list`: sorted keys, which are checked too
+                np.save(os.path.join(tmp, "keys.npy"), np.array(sorted(out)))
                 out = [out[k] for k in sorted(out)]
             out = out if isinstance(out, (list, tuple)) else [out]
             for i, o in enumerate(out):
@@ -112,7 +119,12 @@ def check_keras_reload(model, arrays, atol=1e-6):
             [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300
         )
         assert proc.returncode == 0, f"reload in a fresh process failed:\n{proc.stderr[-3000:]}"
-        got = [np.load(os.path.join(tmp, f"out_{i}.npy")) for i in range(len(expected))]
+        keys_path = os.path.join(tmp, "keys.npy")
+        keys = np.load(keys_path).tolist() if os.path.exists(keys_path) else None
+        assert keys == want_keys, f"reloaded model returns keys {keys}, original {want_keys}"
+        count = len([f for f in os.listdir(tmp) if f.startswith("out_")])
+        assert count == len(expected), f"reloaded model gives {count} outputs, not {len(expected)}"
+        got = [np.load(os.path.join(tmp, f"out_{i}.npy")) for i in range(count)]
     for e, g in zip(expected, got):
         np.testing.assert_allclose(g, e, atol=atol, rtol=0, err_msg="`.keras` reload differs")
 
@@ -229,6 +241,144 @@ def check_layer(factory, inputs, *, config=True, keras_reload=True, mixed_precis
     if mixed_precision:
         check_mixed_precision(factory, arrays, model, rtol=mixed_precision_rtol, train=train)
     return model
+
+
+# --------------------------------------------------------------------------------------------
+# Ops (custom_ops): the op contract of DESIGN.md in one call
+
+
+def _numpy_outputs(out):
+    return [np.asarray(o) for o in tf.nest.flatten(out)]
+
+
+def _grad_names(inputs, grad_args):
+    if grad_args is not None:
+        return list(grad_args)
+    return [k for k, v in inputs.items()
+            if isinstance(v, (np.ndarray, tf.Tensor)) and np.asarray(v).dtype.kind == "f"]
+
+
+def check_op(op, reference, make_inputs, *, dtypes=("float32", "float64"), seeds=(0, 1, 2),
+             grad_args=None, backward=True, gradients=True, xla=True, error_cases=(),
+             atol=None, grad_tolerance=None, xla_atol=1e-5):
+    """The standard checks for a custom op (DESIGN.md, "Op contract").
+
+    1. Forward: `op(**inputs)` equals `reference(**inputs)` for every dtype in `dtypes` and
+       every seed, and float outputs keep the input dtype.
+    2. Backward (`backward=True`): in float64, the gradient of `sum(op(...) * dy)` for a random
+       `dy` equals that of the reference (which must then be differentiable TensorFlow, e.g.
+       the op's private autodiff `_<op>_reference`).
+    3. Gradient check (`gradients=True`): `tf.test.compute_gradient` in float64 for every seed
+       (`check_gradients`), with respect to `grad_args`.
+    4. Graph and XLA (`xla=True`): under `tf.function` and `tf.function(jit_compile=True)` the
+       outputs, and the gradients of step 2 unless both gradient checks are off, equal eager
+       (float32, first seed).
+    5. Error cases: each `(overrides, exception, match)` in `error_cases` updates the inputs of
+       the first seed with the dict `overrides` and must raise `exception` whose message
+       matches the regular expression `match`.
+
+    Args:
+        op: the op, called with keyword arguments.
+        reference: a function with the same signature giving the expected outputs (a NumPy
+            transcription or the op's autodiff reference); its outputs may be NumPy arrays.
+        make_inputs: `make_inputs(seed, dtype)` returning a dict of keyword arguments; float
+            arrays in `dtype`, the others (indices, sizes, flags) as the op wants them.
+        dtypes: float dtypes for the forward comparison.
+        seeds: seeds for the forward comparison and the gradient check.
+        grad_args: names of the inputs to differentiate (default: every float array).
+        backward, gradients, xla: which checks to run (switching one off needs a reason).
+        error_cases: `(overrides, exception, match)` triples, see above.
+        atol: `{dtype: tolerance}` of the forward comparison (default 1e-5 for float32 and
+            1e-10 for float64).
+        grad_tolerance: keyword arguments of `check_gradients` (`delta`, `atol`, `rtol`).
+        xla_atol: tolerance between XLA and eager.
+
+    Returns:
+        The eager outputs (flattened list of arrays) for the first seed and dtype.
+    """
+    atol = {"float16": 1e-2, "float32": 1e-5, "float64": 1e-10, **(atol or {})}
+    first = None
+    for dtype in dtypes:
+        for seed in seeds:
+            inputs = make_inputs(seed, dtype)
+            got = _numpy_outputs(op(**inputs))
+            want = _numpy_outputs(reference(**inputs))
+            first = got if first is None else first
+            assert len(got) == len(want), f"op gives {len(got)} outputs, reference {len(want)}"
+            for i, (g, w) in enumerate(zip(got, want)):
+                assert g.shape == w.shape, f"output {i} shape {g.shape} != reference {w.shape}"
+                if g.dtype.kind == "f":
+                    assert g.dtype == np.dtype(dtype), (
+                        f"output {i} is {g.dtype} for {dtype} inputs (ops return the input dtype)"
+                    )
+                np.testing.assert_allclose(
+                    g, w, atol=atol[dtype], rtol=0,
+                    err_msg=f"forward output {i} differs from the reference ({dtype}, seed {seed})")
+    if backward or gradients:
+        # One trace for all seeds: compute_gradient calls the function once per input element.
+        traced = tf.function(lambda values, inputs: op(**{**inputs, **values}))
+        for seed in seeds:
+            inputs = make_inputs(seed, "float64")
+            names = _grad_names(inputs, grad_args)
+            if backward:
+                got = _forward_and_gradients(op, inputs, names, seed)
+                want = _forward_and_gradients(reference, inputs, names, seed)
+                for n, g, w in zip(names, got[1], want[1]):
+                    np.testing.assert_allclose(
+                        g, w, atol=1e-10, rtol=1e-8,
+                        err_msg=f"gradient of `{n}` differs from the reference's (seed {seed})")
+            if gradients:
+                others = {k: tf.constant(v) if isinstance(v, np.ndarray) else v
+                          for k, v in inputs.items() if k not in names}
+
+                def fn(*values, others=others, names=names):
+                    return traced(dict(zip(names, values)), others)
+
+                check_gradients(fn, [inputs[n] for n in names], **(grad_tolerance or {}))
+    if xla:
+        inputs = make_inputs(seeds[0], "float32")
+        names = _grad_names(inputs, grad_args) if backward or gradients else []
+        eager = _forward_and_gradients(op, inputs, names, seeds[0])
+        for mode, jit in (("tf.function", False), ("XLA", True)):
+            compiled = tf.function(lambda kw: _forward_and_gradients(op, kw, names, seeds[0]),
+                                   jit_compile=jit)(inputs)
+            for what, e_list, c_list in zip(("output", "gradient"), eager, compiled):
+                for i, (e, c) in enumerate(zip(e_list, c_list)):
+                    np.testing.assert_allclose(
+                        np.asarray(c), e, atol=xla_atol, rtol=0,
+                        err_msg=f"{what} {i} under {mode} differs from eager")
+    for overrides, exception, match in error_cases:
+        _check_error_case(op, {**make_inputs(seeds[0], dtypes[0]), **overrides}, overrides,
+                          exception, match)
+    return first
+
+
+def _forward_and_gradients(fn, inputs, names, seed):
+    """`(outputs, gradients)` of `fn(**inputs)`, gradients of `sum(outputs * dy)` (dy seeded)
+    with respect to the inputs `names` (zeros where `fn` gives none)."""
+    variables = {n: tf.convert_to_tensor(inputs[n]) for n in names}
+    with tf.GradientTape() as tape:
+        tape.watch(list(variables.values()))
+        outs = tf.nest.flatten(fn(**{**inputs, **variables}))
+        rng = np.random.default_rng(seed)
+        floats = [o for o in outs if o.dtype.is_floating]
+        loss = tf.add_n([tf.reduce_sum(o * rng.normal(size=o.shape).astype(o.dtype.as_numpy_dtype))
+                         for o in floats]) if floats and names else None
+    grads = tape.gradient(loss, list(variables.values())) if loss is not None else []
+    grads = [tf.zeros_like(variables[n]) if g is None else g for n, g in zip(names, grads)]
+    if tf.executing_eagerly():
+        return [np.asarray(o) for o in outs], [np.asarray(g) for g in grads]
+    return outs, grads
+
+
+def _check_error_case(op, inputs, overrides, exception, match):
+    try:
+        op(**inputs)
+    except exception as e:
+        assert re.search(match, str(e)), (
+            f"{exception.__name__} for {sorted(overrides)} says {str(e)!r}, expected {match!r}")
+    else:
+        raise AssertionError(f"error case {sorted(overrides)} did not raise {exception.__name__}")
 
 
 def check_gradients(fn, args, *, delta=1e-4, atol=1e-6, rtol=1e-5):

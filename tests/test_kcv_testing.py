@@ -10,8 +10,10 @@ import export
 from kcv_testing import (
     check_config_round_trip,
     check_gradients,
+    check_keras_reload,
     check_layer,
     check_loss,
+    check_op,
     check_tflite,
 )
 
@@ -168,3 +170,120 @@ def test_check_loss_catches(cls, loss_fn, offset, match):
     y_true, y_pred = _loss_case(offset)
     with pytest.raises(AssertionError, match=match):
         check_loss(loss_fn, cls, y_true, y_pred, package="kcv_meta", scale=3.0)
+# --- check_op --------------------------------------------------------------------------------
+
+
+def _square_inputs(seed, dtype):
+    return {"x": np.random.default_rng(seed).normal(size=(3, 2)).astype(dtype)}
+
+
+def _checked_square(x):
+    x = tf.convert_to_tensor(x)
+    if x.shape.rank != 2:
+        raise ValueError(f"`x` must be rank 2. Received: x.shape={x.shape}")
+    return _right_gradient_square(x)
+
+
+@tf.custom_gradient
+def _right_gradient_square(x):
+    return x * x, lambda dy: 2.0 * x * dy
+
+
+def _numpy_square(x):
+    return np.square(x)
+
+
+def _autodiff_square(x):
+    return tf.square(tf.convert_to_tensor(x))
+
+
+def test_check_op_passes_a_correct_op():
+    check_op(_checked_square, _autodiff_square, _square_inputs,
+             error_cases=[({"x": np.zeros(3)}, ValueError, r"rank 2.*\(3,\)")])
+
+
+def test_check_op_catches_a_forward_that_differs_from_the_reference():
+    with pytest.raises(AssertionError, match="forward output 0 differs"):
+        check_op(lambda x: _checked_square(x) + 1e-3, _numpy_square, _square_inputs,
+                 backward=False, gradients=False, xla=False)
+
+
+def test_check_op_catches_a_changed_dtype():
+    with pytest.raises(AssertionError, match="output 0 is float32 for float64 inputs"):
+        check_op(lambda x: tf.cast(tf.square(x), tf.float32), _numpy_square, _square_inputs,
+                 atol={"float64": 1e-6}, backward=False, gradients=False, xla=False)
+
+
+def test_check_op_catches_a_wrong_gradient():
+    def wrong(x):  # check_op passes keywords, which tf.custom_gradient does not differentiate
+        return _wrong_gradient_square(x)
+
+    with pytest.raises(AssertionError, match="gradient of argument 0 disagrees"):
+        check_op(wrong, _numpy_square, _square_inputs, backward=False, xla=False)  # the NumPy reference has no gradient
+    with pytest.raises(AssertionError, match="gradient of `x` differs from the reference"):
+        check_op(wrong, _autodiff_square, _square_inputs, gradients=False, xla=False)
+
+
+def test_check_op_catches_an_op_that_fails_under_xla():
+    def host_square(x):  # a NumPy call: XLA cannot compile it
+        return tf.numpy_function(np.square, [x], tf.as_dtype(x.dtype))
+
+    check_op(host_square, _numpy_square, _square_inputs, backward=False, gradients=False,
+             xla=False)  # eager is right...
+    with pytest.raises(tf.errors.InvalidArgumentError, match="PyFunc|unsupported"):
+        check_op(host_square, _numpy_square, _square_inputs, backward=False, gradients=False)
+
+
+def test_check_op_catches_an_op_that_differs_in_a_graph_or_under_xla():
+    from custom_ops._context import in_xla_context
+
+    def eager_only_offset(x):  # a Python branch on the execution mode
+        return tf.square(x) + (0.0 if tf.executing_eagerly() else 1.0)
+
+    def xla_only_offset(x):
+        return tf.square(x) + (1.0 if in_xla_context() else 0.0)
+
+    with pytest.raises(AssertionError, match="output 0 under tf.function differs from eager"):
+        check_op(eager_only_offset, _numpy_square, _square_inputs, backward=False)
+    with pytest.raises(AssertionError, match="output 0 under XLA differs from eager"):
+        check_op(xla_only_offset, _numpy_square, _square_inputs, backward=False)
+
+
+def test_check_op_catches_a_gradient_that_differs_under_xla():
+    from custom_ops._context import in_xla_context
+
+    def square(x):
+        @tf.custom_gradient
+        def fn(x):
+            scale = 3.0 if in_xla_context() else 2.0  # wrong only when compiled
+            return x * x, lambda dy: scale * x * dy
+
+        return fn(x)
+
+    check_op(square, _autodiff_square, _square_inputs, xla=False)
+    with pytest.raises(AssertionError, match="gradient 0 under XLA differs from eager"):
+        check_op(square, _autodiff_square, _square_inputs)
+
+
+def test_check_op_catches_an_error_case_that_is_not_raised_or_says_something_else():
+    with pytest.raises(AssertionError, match=r"error case \['x'\] did not raise ValueError"):
+        check_op(lambda x: _right_gradient_square(x), _autodiff_square, _square_inputs,
+                 error_cases=[({"x": np.zeros(3)}, ValueError, "rank 2")])
+    with pytest.raises(AssertionError, match="ValueError for \\['x'\\] says"):
+        check_op(_checked_square, _autodiff_square, _square_inputs,
+                 error_cases=[({"x": np.zeros(3)}, ValueError, "must be positive")])
+
+
+# --- dict outputs ----------------------------------------------------------------------------
+
+
+def test_keras_reload_compares_dict_outputs_key_by_key(monkeypatch):
+    from kcv.models import MobileNetV1
+
+    model = MobileNetV1((32, 32, 3), alpha=0.25, include_top=False, return_features=True)
+    x = np.random.default_rng(0).uniform(-1, 1, (1, 32, 32, 3)).astype("float32")
+    check_keras_reload(model, [x])
+    # A file that loses the weights: the same architecture, freshly initialised, is saved.
+    monkeypatch.setattr(model, "save", keras.models.clone_model(model).save)
+    with pytest.raises(AssertionError, match="reload differs"):
+        check_keras_reload(model, [x])

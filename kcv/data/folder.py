@@ -183,8 +183,17 @@ def segmentation_folder(images_dir, masks_dir, image_size, batch_size, augment=T
             (listed by name), an unreadable file, a mask with values outside `num_classes`.
 
     Example:
-        >>> train = segmentation_folder("data/images", "data/masks", 256, 8, num_classes=4)
-        >>> model.fit(train, epochs=10)
+        >>> for folder in ("data/images", "data/masks"):
+        ...     os.makedirs(folder)
+        >>> for i in range(4):
+        ...     image = tf.io.encode_png(tf.fill([40, 40, 3], tf.constant(i * 60, tf.uint8)))
+        ...     mask = tf.io.encode_png(tf.fill([40, 40, 1], tf.constant(i, tf.uint8)))
+        ...     tf.io.write_file(f"data/images/{i}.png", image)
+        ...     tf.io.write_file(f"data/masks/{i}.png", mask)
+        >>> train = segmentation_folder("data/images", "data/masks", 32, 2, num_classes=4)
+        >>> images, masks = next(iter(train))
+        >>> images.shape, masks.shape, masks.dtype.name
+        (TensorShape([2, 32, 32, 3]), TensorShape([2, 32, 32]), 'int32')
     """
     size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
     if len(size) != 2 or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in size):

@@ -115,6 +115,8 @@ def make_shapes(num_images, image_size=64, seed=0, min_shapes=1, max_shapes=3, n
 
     Example:
         >>> images, masks = make_shapes(8, image_size=64, seed=0)
+        >>> images.shape, masks.shape, sorted(set(masks.ravel().tolist())) <= [0, 1, 2, 3]
+        ((8, 64, 64, 3), (8, 64, 64), True)
     """
     _check(num_images, image_size, min_shapes, max_shapes, noise)
     rng = np.random.default_rng(seed)

@@ -3,9 +3,11 @@
 from kcv.layers.aspp import ASPP
 from kcv.layers.attention import CBAM, ChannelAttention, SpatialAttention
 from kcv.layers.conv_blocks import ConvBNAct, DepthwiseSeparableConv, InvertedResidual
+from kcv.layers.cosine import CosineClassifier
 from kcv.layers.deformable import DeformableConv2D
 from kcv.layers.detection import DetectionPostProcess
 from kcv.layers.dilated import HybridDilatedConv
+from kcv.layers.distance import EuclideanDistance, euclidean_distance
 from kcv.layers.normalization import normalization
 from kcv.layers.residual import BasicBlock, Bottleneck, PreActBasicBlock, PreActBottleneck
 from kcv.layers.roi import MultiScaleRoIAlign, RoIAlign, RoIPool

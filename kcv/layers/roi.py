@@ -1,7 +1,7 @@
 """RoI feature extraction layers: RoIAlign, RoIPool and FPN MultiScaleRoIAlign.
 
 Thin Keras wrappers of `custom_ops.roi_align`, `custom_ops.roi_pool` and
-`custom_ops.roi_align.multiscale_roi_align`. Inputs are `[features, boxes, box_indices]`;
+`custom_ops.multiscale_roi_align`. Inputs are `[features, boxes, box_indices]`;
 the number of boxes K is the leading ("batch") dimension of `boxes` and of the output.
 Boxes are not autocast under mixed precision (float16 cannot hold pixel coordinates exactly):
 only the feature maps are cast to the compute dtype.
@@ -11,14 +11,15 @@ import keras
 import tensorflow as tf
 
 from custom_ops import _sampling
+from custom_ops._context import in_save_context
 from custom_ops.roi_align import multiscale_roi_align, roi_align
 from custom_ops.roi_pool import roi_pool
 
 
 def _refuse_adaptive_export(layer):
-    from tensorflow.python.saved_model import save_context  # no public API for this question
-
-    if layer.sampling_ratio <= 0 and save_context.in_save_context():
+    # if_unknown=False: should TensorFlow's internal save context move, export is not refused
+    # here (it then fails later, in the converter) and adaptive RoIAlign keeps working.
+    if layer.sampling_ratio <= 0 and in_save_context(if_unknown=False):
         raise ValueError(
             f"{layer.__class__.__name__} with adaptive sampling (`sampling_ratio <= 0`) cannot "
             "be exported (SavedModel/TFLite): the number of samples per bin depends on the box "
@@ -85,7 +86,11 @@ class RoIAlign(_RoILayer):
         [K, output_height, output_width, C] in the layer's compute dtype.
 
     Example:
-        >>> pooled = RoIAlign(7, spatial_scale=1 / 16)([features, boxes, box_indices])
+        >>> features = tf.random.normal([2, 50, 68, 256])
+        >>> boxes = tf.constant([[16.0, 32.0, 320.0, 480.0]])  # y1, x1, y2, x2 image pixels
+        >>> box_indices = tf.constant([0])
+        >>> RoIAlign(7, spatial_scale=1 / 16)([features, boxes, box_indices]).shape
+        TensorShape([1, 7, 7, 256])
 
     Reference:
         He et al., "Mask R-CNN", ICCV 2017.
@@ -126,7 +131,11 @@ class RoIPool(_RoILayer):
         [K, output_height, output_width, C] in the layer's compute dtype.
 
     Example:
-        >>> pooled = RoIPool(7, spatial_scale=1 / 16)([features, boxes, box_indices])
+        >>> features = tf.random.normal([2, 50, 68, 256])
+        >>> boxes = tf.constant([[16.0, 32.0, 320.0, 480.0]])  # y1, x1, y2, x2 image pixels
+        >>> box_indices = tf.constant([0])
+        >>> RoIPool(7, spatial_scale=1 / 16)([features, boxes, box_indices]).shape
+        TensorShape([1, 7, 7, 256])
 
     Reference:
         Girshick, "Fast R-CNN", ICCV 2015.
@@ -151,7 +160,7 @@ class MultiScaleRoIAlign(_RoILayer):
 
     `k = floor(canonical_level + log2(sqrt(h * w) / canonical_size))` clipped to the available
     levels, with `h, w` the box size in image pixels (FPN eq. 1); outputs keep the box order.
-    See `custom_ops.roi_align.multiscale_roi_align`.
+    See `custom_ops.multiscale_roi_align`.
 
     Args:
         output_size: int or `(height, width)` bins per box.
@@ -170,7 +179,10 @@ class MultiScaleRoIAlign(_RoILayer):
         [K, output_height, output_width, C].
 
     Example:
-        >>> pooled = MultiScaleRoIAlign(7)([p2, p3, p4, p5, boxes, box_indices])
+        >>> p2, p3, p4, p5 = [tf.random.normal([1, 64 // s, 64 // s, 8]) for s in (4, 8, 16, 32)]
+        >>> boxes, box_indices = tf.constant([[0.0, 0.0, 32.0, 48.0]]), tf.constant([0])
+        >>> MultiScaleRoIAlign(7)([p2, p3, p4, p5, boxes, box_indices]).shape
+        TensorShape([1, 7, 7, 8])
 
     Reference:
         Lin et al., "Feature Pyramid Networks for Object Detection", CVPR 2017.

@@ -3,6 +3,17 @@
 from kcv.losses.detection import IoULoss, SmoothL1Loss, box_iou_loss, smooth_l1_loss
 from kcv.losses.focal import FocalLoss, dense_focal_loss, sigmoid_focal_loss
 from kcv.losses.keypoints import MaskedL2Loss, masked_l2_loss, stage_losses
+from kcv.losses.metric_learning import (
+    AMSoftmaxLoss,
+    ArcFaceLoss,
+    ContrastiveLoss,
+    TripletLoss,
+    am_softmax_loss,
+    arcface_loss,
+    contrastive_loss,
+    pairwise_distances,
+    triplet_loss,
+)
 from kcv.losses.segmentation import (
     BCEDiceLoss,
     DiceFocalLoss,

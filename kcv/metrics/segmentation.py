@@ -116,7 +116,13 @@ class DiceCoefficient(_ConfusionMetric):
         name, dtype: as `keras.metrics.Metric`.
 
     Example:
+        >>> import numpy as np
         >>> metric = DiceCoefficient(num_classes=4, class_ids=[1, 2, 3])
+        >>> y_true = np.array([[[0, 1, 1, 2]]])  # [B=1, H=1, W=4]
+        >>> y_pred = np.eye(4, dtype="float32")[[[[0, 1, 2, 2]]]]  # one-hot scores [1, 1, 4, 4]
+        >>> metric.update_state(y_true, y_pred)
+        >>> round(float(metric.result()), 4)  # classes 1 and 2: 2 TP / (2 TP + FP + FN) = 2/3
+        0.6667
     """
 
     def __init__(self, num_classes, class_ids=None, ignore_index=None, threshold=0.5,

@@ -12,3 +12,4 @@ from kcv.models.backbones import (
 )
 from kcv.models.pose import OpenPose
 from kcv.models.segmentation import DeepLabV3, HRNet, UNet, UNetPlusPlus, prune
+from kcv.models.siamese import SiameseNetwork

@@ -1,4 +1,7 @@
-"""kcv.training: LR range test, LR schedules, strategy selection, resumable fit, CLI."""
+"""kcv.training: LR range test, LR schedules, strategy selection, resumable fit.
+
+The command line (`kcv train`, `kcv lr-find`, ...) is `kcv.cli`.
+"""
 
 from kcv.training.fit import fit
 from kcv.training.lr_finder import LRFinder, find_lr, smooth_losses, suggest_lr

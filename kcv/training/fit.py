@@ -18,10 +18,16 @@ import os
 import keras
 import tensorflow as tf
 
+from kcv import _compat
+
 
 def _is_multi_worker(strategy):
-    return (isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
-            and strategy.extended._num_workers > 1)  # no public accessor
+    """A `MultiWorkerMirroredStrategy` over several workers: the `chief` and `worker` tasks of
+    its public `cluster_resolver` (read from `TF_CONFIG` unless another resolver was given)."""
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return False
+    cluster = strategy.cluster_resolver.cluster_spec().as_dict()
+    return sum(len(cluster.get(kind, [])) for kind in ("chief", "worker")) > 1
 
 
 def _mean_over_replicas(strategy, outputs):
@@ -39,7 +45,7 @@ def _use_multi_worker_step(model, strategy):
     if not model.optimizer.built:
         with strategy.scope():
             model.optimizer.build(model.trainable_variables)
-    model._distribute_strategy = None  # see the docstring
+    _compat.detach_distribute_strategy(model)  # see the docstring
     model._kcv_multi_worker_strategy = strategy
 
     @tf.function
@@ -79,8 +85,14 @@ def fit(model, x=None, y=None, *, backup_dir=None, checkpoint_dir=None, save_bes
     it, and each needs its own `backup_dir` (e.g. suffixed with the task index).
 
     Example:
-        >>> history = kcv.training.fit(model, train_ds, epochs=50, validation_data=val_ds,
-        ...                            backup_dir="runs/a/backup", checkpoint_dir="runs/a/ckpt")
+        >>> import numpy as np
+        >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+        >>> model.compile("sgd", "mse")
+        >>> x, y = np.ones((8, 4), "float32"), np.zeros((8, 1), "float32")
+        >>> history = fit(model, x, y, epochs=2, verbose=0, backup_dir="runs/a/backup",
+        ...               checkpoint_dir="runs/a/ckpt")
+        >>> sorted(os.listdir("runs/a/ckpt")), os.path.exists("runs/a/backup")
+        (['epoch_001.keras', 'epoch_002.keras'], False)
 
     Reference:
         Keras `BackupAndRestore` (fault-tolerant training) and `ModelCheckpoint`.

@@ -1,10 +1,11 @@
 """The learning-rate range test: raise the rate every batch, record the loss, read the rate off.
 
-The seed notes' method: start from a very small rate, update the network after every batch
-while the rate grows exponentially, record each batch's loss and plot loss against rate; the
-loss falls slowly at tiny rates, fast at good ones and blows up when the rate is too large. It
-works in one run because the small early updates barely move the weights, so each point is,
-approximately, a step from the initial weights at that rate.
+The range test of Smith ("Cyclical Learning Rates for Training Neural Networks", WACV 2017,
+section 3.3), with the exponential sweep of fastai's `lr_find`: start from a very small rate,
+update the network after every batch while the rate grows exponentially, record each batch's
+loss and plot loss against rate; the loss falls slowly at tiny rates, fast at good ones and
+blows up when the rate is too large. It works in one run because the small early updates barely
+move the weights, so each point is, approximately, a step from the initial weights at that rate.
 """
 
 import math
@@ -14,6 +15,8 @@ import textwrap
 import keras
 import numpy as np
 import tensorflow as tf
+
+from kcv import _compat
 
 
 def _check_number(value, name, low=None, high=None, low_open=True):
@@ -237,10 +240,17 @@ class LRFinder(keras.callbacks.Callback):
         divergence_threshold: stop when smoothed loss > threshold * minimum smoothed loss.
 
     Example:
-        >>> finder = LRFinder(1e-6, 1.0, num_steps=100)
-        >>> model.fit(train.repeat(), steps_per_epoch=100, epochs=1, callbacks=[finder])
-        >>> finder.suggested_lr, finder.confident, finder.reason
+        >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+        >>> model.compile("sgd", "mse")
+        >>> x = np.random.default_rng(0).random((32, 4), "float32")
+        >>> train = tf.data.Dataset.from_tensor_slices((x, x.sum(1, keepdims=True))).batch(8)
+        >>> finder = LRFinder(1e-4, 1.0, num_steps=20)
+        >>> _ = model.fit(train.repeat(), steps_per_epoch=20, epochs=1, callbacks=[finder],
+        ...               shuffle=False, verbose=0)
+        >>> finder  # doctest: +ELLIPSIS
+        LRFinder(start_lr=0.0001, end_lr=1, num_steps=20): ... steps..., suggested_lr=..., confident=...
         >>> finder.plot("lr_find.png")
+        'lr_find.png'
 
     Reference:
         Smith, "Cyclical Learning Rates for Training Neural Networks", WACV 2017, section 3.3.
@@ -300,12 +310,12 @@ class LRFinder(keras.callbacks.Callback):
             optimizer.build(self.model.trainable_variables)
         self._saved_weights = [np.array(w) for w in self.model.get_weights()]
         self._saved_optimizer = [np.array(v) for v in optimizer.variables]
-        # The optimizer reads its rate from `_learning_rate` (a variable or a schedule). The
-        # public setter cannot put a variable back once a schedule replaced it, so the sweep
-        # swaps the attribute itself and restores the very same object afterwards.
-        self._saved_lr = inner._learning_rate
+        # The public setter cannot put a variable back once a schedule replaced it, so the sweep
+        # swaps the rate object itself and restores the very same one (kcv/_compat.py).
+        self._saved_lr = _compat.get_learning_rate(inner)
         self._offset = int(np.array(optimizer.iterations))
-        inner._learning_rate = _Sweep(self.start_lr, self.end_lr, self.num_steps, self._offset)
+        _compat.set_learning_rate(
+            inner, _Sweep(self.start_lr, self.end_lr, self.num_steps, self._offset))
         # A train function traced by an earlier fit would still read the old rate.
         self.model.make_train_function(force=True)
 
@@ -327,7 +337,7 @@ class LRFinder(keras.callbacks.Callback):
             self.model.stop_training = True
 
     def on_train_end(self, logs=None):
-        self._inner_optimizer()._learning_rate = self._saved_lr
+        _compat.set_learning_rate(self._inner_optimizer(), self._saved_lr)
         self.model.set_weights(self._saved_weights)
         for variable, value in zip(self.model.optimizer.variables, self._saved_optimizer):
             variable.assign(value)
@@ -417,9 +427,15 @@ def find_lr(model, dataset, start_lr=1e-7, end_lr=10.0, num_steps=100, smoothing
         `suggested_lr`, `confident`, `reason` (see `suggest_lr`) and `plot(path)`.
 
     Example:
-        >>> finder = find_lr(model, train_ds, start_lr=1e-6, end_lr=1.0, num_steps=100)
-        >>> finder  # suggested_lr, confident and the reason
+        >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+        >>> model.compile("sgd", "mse")
+        >>> x = np.random.default_rng(0).random((32, 4), "float32")
+        >>> train_ds = tf.data.Dataset.from_tensor_slices((x, x.sum(1, keepdims=True))).batch(8)
+        >>> finder = find_lr(model, train_ds, start_lr=1e-4, end_lr=1.0, num_steps=20)
+        >>> finder.suggested_lr > 0, type(finder.confident).__name__, type(finder.reason).__name__
+        (True, 'bool', 'str')
         >>> finder.plot("lr_find.png")
+        'lr_find.png'
 
     Reference:
         Smith, "Cyclical Learning Rates for Training Neural Networks", WACV 2017.

@@ -2,8 +2,8 @@
 
 A Keras optimizer calls its schedule with the number of updates done so far (`iterations`).
 The schedules here take their lengths in epochs and a `steps_per_epoch`, and turn the update
-count into an epoch with `epoch = floor(step / steps_per_epoch)` where the seed notes' PyTorch
-rule changes the rate once per epoch (`StepDecay`, `MultiStepDecay`, `ExponentialDecay`,
+count into an epoch with `epoch = floor(step / steps_per_epoch)` where the PyTorch
+scheduler they mirror changes the rate once per epoch (`StepDecay`, `MultiStepDecay`, `ExponentialDecay`,
 `LinearDecayTail`). `WarmupCosine` and `CosineRestarts` change the rate at every update, with
 their lengths given in epochs. Where Keras already has exactly the rule (`ExponentialDecay` with
 `staircase=True`, `CosineDecay` with warmup, `CosineDecayRestarts`) the class is a thin subclass
@@ -65,6 +65,8 @@ class StepDecay(_schedules.ExponentialDecay):
     Example:
         >>> schedule = StepDecay(0.1, step_size=30, steps_per_epoch=100, gamma=0.1)
         >>> optimizer = keras.optimizers.SGD(schedule, momentum=0.9)
+        >>> [round(float(schedule(step)), 6) for step in (0, 2999, 3000)]  # epochs 0, 29, 30
+        [0.1, 0.1, 0.01]
 
     Reference:
         PyTorch `torch.optim.lr_scheduler.StepLR`.
@@ -102,6 +104,8 @@ class ExponentialDecay(_schedules.ExponentialDecay):
 
     Example:
         >>> schedule = ExponentialDecay(2e-4, steps_per_epoch=50, gamma=0.95)
+        >>> [round(float(schedule(step)), 7) for step in (49, 50, 100)]  # epochs 0, 1, 2
+        [0.0002, 0.00019, 0.0001805]
 
     Reference:
         PyTorch `torch.optim.lr_scheduler.ExponentialLR`.
@@ -138,6 +142,8 @@ class MultiStepDecay(_schedules.LearningRateSchedule):
 
     Example:
         >>> schedule = MultiStepDecay(0.1, milestones=[30, 80], steps_per_epoch=100)
+        >>> [round(float(schedule(epoch * 100)), 6) for epoch in (29, 30, 80)]
+        [0.1, 0.01, 0.001]
 
     Reference:
         PyTorch `torch.optim.lr_scheduler.MultiStepLR`.
@@ -176,9 +182,9 @@ class MultiStepDecay(_schedules.LearningRateSchedule):
 class LinearDecayTail(_schedules.LearningRateSchedule):
     """Constant rate, then a linear decay to 0 over the last `decay_epochs` epochs.
 
-    The seed notes' rule: during the last `n = decay_epochs` epochs the rate drops by
+    The rule: during the last `n = decay_epochs` epochs the rate drops by
     `initial_learning_rate / n` after each epoch, reaching 0 when training ends. With the
-    scheduler stepped at the end of each epoch (as the notes do), the rate used during epoch
+    scheduler stepped at the end of each epoch (as PyTorch's are), the rate used during epoch
     `e` is `initial_learning_rate * min(1, (total_epochs - e) / n)`, clipped at 0: the first
     of the last n epochs still trains at the full rate, the last one at `initial_learning_rate
     / n`, and `epoch = floor(step / steps_per_epoch)`.
@@ -192,10 +198,13 @@ class LinearDecayTail(_schedules.LearningRateSchedule):
 
     Example:
         >>> schedule = LinearDecayTail(1e-3, total_epochs=100, decay_epochs=20, steps_per_epoch=50)
+        >>> [round(float(schedule(epoch * 50)), 6) for epoch in (80, 81, 99)]
+        [0.001, 0.00095, 5e-05]
 
     Reference:
-        The seed notes (n-epoch linear tail, "lr = lr - lr_begin / n"); the same rule as
-        pix2pix/CycleGAN's `linear` policy.
+        Zhu et al., "Unpaired Image-to-Image Translation using Cycle-Consistent Adversarial
+        Networks" (CycleGAN), ICCV 2017: a constant rate, then a linear decay to zero over the
+        last epochs (the `linear` policy of the pix2pix/CycleGAN code).
     """
 
     def __init__(self, initial_learning_rate, total_epochs, decay_epochs, steps_per_epoch):
@@ -244,6 +253,8 @@ class WarmupCosine(_schedules.CosineDecay):
 
     Example:
         >>> schedule = WarmupCosine(1e-3, warmup_epochs=2, decay_epochs=48, steps_per_epoch=100)
+        >>> [round(float(schedule(step)), 6) for step in (0, 100, 200, 2600, 5000)]
+        [0.0, 0.0005, 0.001, 0.0005, 0.0]
 
     Reference:
         Loshchilov & Hutter, "SGDR: Stochastic Gradient Descent with Warm Restarts", ICLR 2017;
@@ -299,6 +310,8 @@ class CosineRestarts(_schedules.CosineDecayRestarts):
 
     Example:
         >>> schedule = CosineRestarts(0.05, first_decay_epochs=10, steps_per_epoch=100)
+        >>> [round(float(schedule(step)), 6) for step in (0, 500, 1000, 2000)]  # restart at 1000
+        [0.05, 0.025, 0.05, 0.025]
 
     Reference:
         Loshchilov & Hutter, "SGDR: Stochastic Gradient Descent with Warm Restarts", ICLR 2017.
@@ -318,12 +331,14 @@ class CosineRestarts(_schedules.CosineDecayRestarts):
                          name="CosineRestarts")
         self.first_decay_epochs = first_decay_epochs
         self.steps_per_epoch = steps_per_epoch
+        self.t_mul = t_mul
+        self.m_mul = m_mul
 
     def get_config(self):
         return {"initial_learning_rate": self.initial_learning_rate,
                 "first_decay_epochs": self.first_decay_epochs,
-                "steps_per_epoch": self.steps_per_epoch, "t_mul": self._t_mul,
-                "m_mul": self._m_mul, "alpha": self.alpha}
+                "steps_per_epoch": self.steps_per_epoch, "t_mul": self.t_mul,
+                "m_mul": self.m_mul, "alpha": self.alpha}
 
 
 __all__ = ["StepDecay", "ExponentialDecay", "MultiStepDecay", "LinearDecayTail", "WarmupCosine",

@@ -89,11 +89,15 @@ def strategy():
         ValueError: `TF_CONFIG` is not valid JSON.
 
     Example:
-        >>> strategy = kcv.training.strategy()
+        >>> import keras, numpy as np
+        >>> import kcv
+        >>> strategy = kcv.training.strategy()  # one CPU, no TF_CONFIG: the default strategy
         >>> with strategy.scope():
-        ...     model = kcv.models.UNet((128, 128, 3), num_classes=4)
-        ...     model.compile("adam", "sparse_categorical_crossentropy")
-        >>> model.fit(train_ds, epochs=10)
+        ...     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+        ...     model.compile("adam", "mse")
+        >>> history = model.fit(np.zeros((8, 4)), np.zeros((8, 1)), epochs=1, verbose=0)
+        >>> strategy.num_replicas_in_sync
+        1
     """
     num_workers = _workers(os.environ.get("TF_CONFIG", ""))
     if num_workers > 1:  # before listing devices: it must run before TF initialises them

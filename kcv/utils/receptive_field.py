@@ -4,6 +4,8 @@ import collections
 
 import keras
 
+from kcv.layers import ConvBNAct
+
 ReceptiveField = collections.namedtuple("ReceptiveField", ["size", "jump", "start"])
 ReceptiveField.__doc__ = """Receptive field of a feature map, per spatial axis `(height, width)`.
 
@@ -25,7 +27,9 @@ _POINTWISE = (
 _MERGE = (keras.layers.Add, keras.layers.Subtract, keras.layers.Multiply, keras.layers.Average,
           keras.layers.Maximum, keras.layers.Minimum, keras.layers.Concatenate)
 _POOLING = (keras.layers.MaxPooling2D, keras.layers.AveragePooling2D)
-_CONV = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.SeparableConv2D)
+# ConvBNAct: a convolution followed by position-wise normalization and activation.
+_CONV = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.SeparableConv2D,
+         ConvBNAct)
 
 
 def _pair(value):
@@ -53,7 +57,7 @@ def _window(layer, axis):
 def _step(layer, fields, in_size, axis):
     """The (size, jump, start) after `layer` along `axis`, from those of its inputs.
 
-    The seed's recurrence: R_out = R_in + (k - 1) * J_in with the effective kernel
+    The recurrence of Araujo et al. (2019): R_out = R_in + (k - 1) * J_in with the effective kernel
     k = d * (k - 1) + 1 of a dilated window, J_out = J_in * stride, and the centre moves by
     ((k - 1) / 2 - pad_before) * J_in.
     """
@@ -106,7 +110,8 @@ def _step(layer, fields, in_size, axis):
         return size + (k - 1) * jump, jump * stride, start + ((k - 1) / 2 - pad) * jump
     raise ValueError(
         f"receptive_field does not know how layer {layer.name!r} ({type(layer).__name__}) maps "
-        "positions. Supported: Conv2D, DepthwiseConv2D, SeparableConv2D, Max/AveragePooling2D, "
+        "positions. Supported: Conv2D, DepthwiseConv2D, SeparableConv2D, kcv.layers.ConvBNAct, "
+        "Max/AveragePooling2D, "
         "ZeroPadding2D, Cropping2D, UpSampling2D (nearest, bilinear), Conv2DTranspose, merge "
         "layers (Add, Concatenate, ...) and position-wise layers (normalization, activations, "
         "dropout)."
@@ -129,12 +134,13 @@ def receptive_field(model, layer_name=None, verbose=False):
 
     Walks the model's layers in graph order and applies, along each spatial axis, the
     recurrence R(n+1) = R(n) + (k(n+1) - 1) * prod(strides so far), with the effective kernel
-    d(k - 1) + 1 of a dilation rate d, through convolutions (plain, depthwise, separable),
-    pooling, zero padding and cropping; upsampling (nearest, bilinear, transposed
-    convolution) divides the jump; its outputs' fields alternate in size and spacing, so the
-    size and start after it are their means over one period of outputs. Merge layers (`Add`,
-    `Concatenate`, ...) take the envelope of their branches' fields (the largest one when the branches are centred alike,
-    as in residual networks). "same" padding is resolved from the layer's static input size
+    d(k - 1) + 1 of a dilation rate d, through convolutions (plain, depthwise, separable, and
+    `kcv.layers.ConvBNAct`), pooling, zero padding and cropping; upsampling (nearest,
+    bilinear, transposed convolution) divides the jump; its outputs' fields alternate in size
+    and spacing, so the size and start after it are their means over one period of outputs.
+    Merge layers (`Add`, `Concatenate`, ...) take the envelope of their branches' fields (the
+    largest one when the branches are centred alike, as in residual networks). "same" padding
+    is resolved from the layer's static input size
     (TensorFlow pads the extra pixel after the data).
 
     Args:

@@ -186,18 +186,23 @@ def test_diou_nms_matches_numpy():
     assert len(expected) > len(np_greedy(boxes, scores, 0.4)[0])  # the penalty keeps more
 
 
-def test_weighted_nms_matches_numpy():
-    boxes, scores = random_problem(250, 15)
-    keep, owner = np_greedy(boxes, scores, 0.5)
-    expected = []
+def _np_weighted(boxes, scores, thr):
+    keep, owner = np_greedy(boxes, scores, thr)
+    averaged = []
     for k in keep:
         members = [i for i, o in owner.items() if o == k]
         w = scores[members].astype(np.float64)
-        expected.append((boxes[members] * w[:, None]).sum(0) / w.sum())
+        averaged.append((boxes[members] * w[:, None]).sum(0) / w.sum())
+    return keep, np.array(averaged).reshape(-1, 4)
+
+
+def test_weighted_nms_matches_numpy():
+    boxes, scores = random_problem(250, 15)
+    keep, expected = _np_weighted(boxes, scores, 0.5)
     idx, avg = custom_ops.weighted_nms(boxes, scores, 0.5)
     np.testing.assert_array_equal(idx.numpy(), keep)
-    np.testing.assert_allclose(avg.numpy(), np.array(expected), rtol=1e-5, atol=1e-3)
-    assert any(sum(o == k for o in owner.values()) > 1 for k in keep)  # averaging happened
+    np.testing.assert_allclose(avg.numpy(), expected, rtol=1e-5, atol=1e-3)
+    assert np.abs(expected - boxes[keep]).max() > 1.0  # averaging happened
 
 
 def test_soft_nms_gaussian_matches_tf_and_numpy():
@@ -289,22 +294,30 @@ class _NMSProbe(keras.layers.Layer):
         return idx, num, sidx, ss, snum
 
 
-@pytest.mark.slow
-def test_tflite_builtins_only_and_litert_parity():
-    probs = [random_problem(64, s) for s in (19, 20)]
+def _litert_outputs(probe, seeds, atol=1e-5):
+    """Converts a probe model (64 boxes, batch 2) with builtins only; LiteRT equals Keras.
+
+    Returns the problems, the op names and the LiteRT outputs."""
+    probs = [random_problem(64, s) for s in seeds]
     boxes = np.stack([p[0] for p in probs])
     scores = np.stack([p[1] for p in probs])
     b_in, s_in = keras.Input((64, 4)), keras.Input((64,))
-    model = keras.Model([b_in, s_in], _NMSProbe()([b_in, s_in]))
+    model = keras.Model([b_in, s_in], probe([b_in, s_in]))
     expected = [np.asarray(o) for o in model([boxes, scores])]
     content = export.convert_to_tflite(model, batch_size=2)
     ops = export.tflite_ops(content)
     assert not [op for op in ops if op.startswith("Flex") or op == "CUSTOM"], ops
-    assert "WHILE" in ops
     got = export.run_tflite(content, [boxes, scores], input_names=export.input_names(model),
-                           output_names=export.output_names(model))
+                            output_names=export.output_names(model))
     for e, g in zip(expected, got):
-        np.testing.assert_allclose(g, e, atol=1e-5)
+        np.testing.assert_allclose(g, e, atol=atol)
+    return probs, ops, got
+
+
+@pytest.mark.slow
+def test_tflite_builtins_only_and_litert_parity():
+    probs, ops, got = _litert_outputs(_NMSProbe(), (19, 20))
+    assert "WHILE" in ops
     for b, (bx, sc) in enumerate(probs):  # and both are right
         keep = np_greedy(bx, sc, 0.5)[0][:20]
         np.testing.assert_array_equal(got[0][b, : len(keep)], keep)
@@ -363,3 +376,90 @@ def test_errors():
         custom_ops.soft_nms(boxes, scores, sigma=0.0)
     with pytest.raises(ValueError, match="`classes` must have shape"):
         custom_ops.batched_nms(boxes, scores, np.zeros(4, np.int32))
+
+
+
+@pytest.mark.parametrize("family", ["nms", "batched_nms", "diou_nms", "weighted_nms", "soft_nms"])
+def test_tensor_valued_iou_threshold_and_max_output_size(family):
+    """Thresholds and limits given as tensors (eagerly and as tf.function arguments) give the
+    answers of the Python numbers; out-of-range tensors fail at run time, naming the argument."""
+    boxes, scores = random_problem(120, 26)
+    classes = np.random.default_rng(26).integers(0, 3, 120).astype(np.int32)
+    thr, limit = 0.4, 7
+    if family == "soft_nms":
+        want = np_soft(boxes, scores, 0.5, "linear", thr, 1e-3)[0][:limit]
+    elif family == "diou_nms":
+        want = np_greedy(boxes, scores, thr, overlap=np_diou)[0][:limit]
+    else:
+        want = np_greedy(boxes, scores, thr, classes=classes if family == "batched_nms"
+                         else None)[0][:limit]
+
+    def run(iou_threshold, max_output_size):
+        extra = {"classes": classes} if family == "batched_nms" else {}
+        if family == "soft_nms":
+            extra = {"method": "linear"}
+        out = getattr(custom_ops, family)(boxes, scores, iou_threshold=iou_threshold,
+                                          max_output_size=max_output_size, **extra)
+        return out[0] if isinstance(out, tuple) else out
+
+    for fn in (run, tf.function(run)):
+        got = fn(tf.constant(thr), tf.constant(limit))
+        np.testing.assert_array_equal(got.numpy(), want)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"`iou_threshold` must be <= 1.0"):
+        run(tf.constant(1.5), None)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"`max_output_size` must be >= 0"):
+        run(tf.constant(thr), tf.constant(-1))
+    with pytest.raises(ValueError, match=r"`iou_threshold` must be a scalar.*\(2,\)"):
+        run(tf.constant([0.4, 0.5]), None)
+
+
+def test_tensor_max_output_size_cannot_fix_a_padded_size():
+    boxes, scores = random_problem(10, 27)
+    with pytest.raises(ValueError, match=r"must be a Python int. Received: max_output_size=<tf"):
+        custom_ops.nms(boxes, scores, max_output_size=tf.constant(4), pad_to_max_output_size=True)
+
+
+@pytest.mark.slow
+def test_padded_weighted_and_diou_nms_under_xla_match_numpy():
+    boxes, scores = random_problem(300, 28)
+    keep, averaged = _np_weighted(boxes, scores, 0.5)
+    diou_keep = np_greedy(boxes, scores, 0.4, overlap=np_diou)[0][:60]
+
+    @tf.function(jit_compile=True)
+    def run(b, s):
+        return (custom_ops.weighted_nms(b, s, 0.5, max_output_size=60,
+                                        pad_to_max_output_size=True),
+                custom_ops.diou_nms(b, s, 0.4, max_output_size=60, pad_to_max_output_size=True))
+
+    (idx, avg, num), (didx, dnum) = run(boxes, scores)
+    n = min(len(keep), 60)
+    assert int(num) == n and int(dnum) == len(diou_keep)
+    np.testing.assert_array_equal(idx.numpy()[:n], keep[:n])
+    np.testing.assert_allclose(avg.numpy()[:n], averaged[:n], rtol=1e-5, atol=1e-3)
+    np.testing.assert_array_equal(avg.numpy()[n:], 0.0)
+    np.testing.assert_array_equal(didx.numpy()[: len(diou_keep)], diou_keep)
+
+
+class _WeightedDiouProbe(keras.layers.Layer):
+    """Test-only wrapper: padded weighted and DIoU NMS inside a Keras model for conversion."""
+
+    def call(self, inputs):
+        boxes, scores = inputs
+        idx, avg, num = custom_ops.weighted_nms(boxes, scores, 0.5, max_output_size=20,
+                                                pad_to_max_output_size=True)
+        didx, dnum = custom_ops.diou_nms(boxes, scores, 0.4, max_output_size=20,
+                                         pad_to_max_output_size=True)
+        return idx, avg, num, didx, dnum
+
+
+@pytest.mark.slow
+def test_padded_weighted_and_diou_nms_tflite_builtins_only_and_litert_parity():
+    probs, _, got = _litert_outputs(_WeightedDiouProbe(), (29, 30), atol=1e-4)
+    for b, (bx, sc) in enumerate(probs):  # and LiteRT gives the NumPy answers
+        keep, averaged = _np_weighted(bx, sc, 0.5)
+        n = min(len(keep), 20)
+        assert int(got[2][b]) == n
+        np.testing.assert_array_equal(got[0][b, :n], keep[:n])
+        np.testing.assert_allclose(got[1][b, :n], averaged[:n], rtol=1e-5, atol=1e-3)
+        diou_keep = np_greedy(bx, sc, 0.4, overlap=np_diou)[0][:20]
+        np.testing.assert_array_equal(got[3][b, : len(diou_keep)], diou_keep)

@@ -9,7 +9,7 @@ import tensorflow as tf
 import custom_ops
 from custom_ops.roi_pool import _roi_pool_reference
 
-from kcv_testing import check_gradients
+from kcv_testing import check_op
 
 
 def _c_round(v):
@@ -120,51 +120,30 @@ def test_empty_boxes_and_float32():
     np.testing.assert_allclose(got.numpy(), want, atol=1e-6)
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_float64_gradient_check(seed):
+def _roi_pool_inputs(seed, dtype):
     rng = np.random.default_rng(seed)
-    feats = rng.normal(size=(2, 4, 5, 1))  # distinct values: the argmax is locally constant
-    boxes = rng.uniform(-1.0, 6.0, size=(4, 4))
-    idx = np.array([0, 1, 1, 0], np.int32)
-    check_gradients(lambda f: custom_ops.roi_pool(f, boxes, idx, 2, 0.8), [feats])
+    return dict(features=rng.normal(size=(2, 4, 5, 1)).astype(dtype),  # distinct values:
+                boxes=rng.uniform(-1.0, 6.0, size=(4, 4)).astype(dtype),  # argmax locally
+                box_indices=np.array([0, 1, 1, 0], np.int32),  # constant
+                output_size=2, spatial_scale=0.8)
 
 
-def test_tf_function_and_xla_match_eager():
-    args = (_FEATURES.astype(np.float32), _BOXES_PX.astype(np.float32), _BOX_INDICES)
-
-    def f(a, b, c):
-        return custom_ops.roi_pool(a, b, c, (3, 2), 0.5)
-
-    eager = f(*args).numpy()
-    np.testing.assert_array_equal(tf.function(f)(*args).numpy(), eager)
-    np.testing.assert_array_equal(tf.function(f, jit_compile=True)(*args).numpy(), eager)
-
-
-@pytest.mark.parametrize(
-    "kwargs, match",
-    [
-        (dict(features=np.zeros((7, 9, 3))), r"`features` must be a rank-4.*\(7, 9, 3\)"),
-        (dict(boxes=np.zeros((2, 3))), r"`boxes` must have shape \[K, 4\].*\(2, 3\)"),
-        (dict(box_indices=np.zeros((2, 1), np.int32)), r"`box_indices` must have shape \[K\]"),
-        (dict(output_size=(0, 2)), r"`output_size` must be.*\(0, 2\)"),
-        (dict(spatial_scale=-1.0), r"`spatial_scale` must be.*-1.0"),
-    ],
-)
-def test_bad_static_input_raises_value_error(kwargs, match):
-    args = dict(features=_FEATURES, boxes=_BOXES_PX[:2], box_indices=np.array([0, 1], np.int32),
-                output_size=2)
-    args.update(kwargs)
-    with pytest.raises(ValueError, match=match):
-        custom_ops.roi_pool(**args)
-
-
-@pytest.mark.parametrize(
-    "boxes, idx, match",
-    [
-        ([[0.0, np.nan, 2.0, 1.0]], [0], "`boxes` must be finite"),
-        ([[0.0, 0.0, 1.0, 1.0]], [5], "`box_indices` must be < N"),
-    ],
-)
-def test_bad_runtime_input_raises_invalid_argument(boxes, idx, match):
-    with pytest.raises(tf.errors.InvalidArgumentError, match=match):
-        custom_ops.roi_pool(_FEATURES, np.array(boxes), np.array(idx, np.int32), 2)
+def test_op_contract():
+    """Against the autodiff reference in float32/float64, gradient check over three seeds,
+    tf.function and XLA, and every error message (static ValueErrors, run-time checks)."""
+    check_op(custom_ops.roi_pool, _roi_pool_reference, _roi_pool_inputs,
+             grad_args=["features"],  # no gradient to boxes (rounded coordinates)
+             error_cases=[
+                 (dict(features=np.zeros((7, 9, 3))), ValueError,
+                  r"`features` must be a rank-4.*\(7, 9, 3\)"),
+                 (dict(boxes=np.zeros((2, 3))), ValueError,
+                  r"`boxes` must have shape \[K, 4\].*\(2, 3\)"),
+                 (dict(box_indices=np.zeros((2, 1), np.int32)), ValueError,
+                  r"`box_indices` must have shape \[K\]"),
+                 (dict(output_size=(0, 2)), ValueError, r"`output_size` must be.*\(0, 2\)"),
+                 (dict(spatial_scale=-1.0), ValueError, r"`spatial_scale` must be.*-1.0"),
+                 (dict(boxes=np.array([[0.0, np.nan, 2.0, 1.0]]), box_indices=np.array([0])),
+                  tf.errors.InvalidArgumentError, "`boxes` must be finite"),
+                 (dict(boxes=np.array([[0.0, 0.0, 1.0, 1.0]]), box_indices=np.array([5])),
+                  tf.errors.InvalidArgumentError, "`box_indices` must be < N"),
+             ])

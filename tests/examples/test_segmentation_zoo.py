@@ -16,15 +16,14 @@ def test_segmentation_zoo_tiny(tmp_path, capsys):
     code = module["main"]([
         "--out", str(out), "--image-size", "32", "--train-images", "16", "--val-images", "4",
         "--epochs", "1", "--unet-filters", "4", "--unetpp-filters", "4", "--unetpp-depth", "2",
-        "--deeplab-filters", "8", "--latency-runs", "1", "--models", "UNet++,DeepLabV3",
-    ])  # UNet takes DeepLabV3's code path (one head) and has its own quickstart test
+        "--latency-runs", "1", "--models", "UNet++",
+    ])  # UNet++ alone: every model trains in tests/kcv/models, the quickstart runs UNet end to
+    # end, and UNet++ is the one with the zoo's own code (mean of heads' losses, pruned levels)
     assert code == 0
     assert (out / "zoo.png").stat().st_size > 0
     report = json.loads((out / "report.json").read_text())
-    assert [r["model"] for r in report["models"]] == ["UNet++", "DeepLabV3"]
-    for row in report["models"]:
-        assert 0.0 <= row["val_dice"] <= 1.0 and row["parameters"] > 0
-        assert row["tflite_fp32_ms"] > 0 and row["tflite_int8_ms"] > 0
+    assert [r["model"] for r in report["models"]] == ["UNet++"]
+    assert 0.0 <= report["models"][0]["val_dice"] <= 1.0
     levels = report["unet_plus_plus_levels"]
     assert [lv["level"] for lv in levels] == [1, 2]
     assert levels[0]["parameters"] < levels[1]["parameters"] == report["models"][0]["parameters"]

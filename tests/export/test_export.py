@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import tempfile
 import textwrap
 
 import keras
@@ -64,8 +65,29 @@ def test_float32_tflite_matches_keras_and_is_builtins_only(unet, images, tmp_pat
     assert report["max_abs_diff"] <= 1e-4
     assert report["builtins_only"]
     assert "CONV_2D" in report["ops"] and "TRANSPOSE_CONV" in report["ops"]
-    assert report["file_size_bytes"] == os.path.getsize(path)
-    assert report["median_latency_ms"] > 0
+
+
+def test_verify_reports_metric_fn_of_keras_and_litert_outputs():
+    a = keras.Input((3,), name="x")
+    model = keras.Model(a, {"twice": keras.layers.Rescaling(2.0)(a),
+                            "plus": keras.layers.Rescaling(1.0, offset=1.0)(a)})
+    x = np.arange(6, dtype="float32").reshape(2, 3)
+    seen = []
+
+    def metric_fn(keras_outputs, tflite_outputs):
+        seen.append((keras_outputs, tflite_outputs))
+        return np.float32(0.25)
+
+    report = export.verify(model, export.convert_to_tflite(model, batch_size=2), x, num_runs=1,
+                           metric_fn=metric_fn)
+    assert report["metric"] == 0.25 and type(report["metric"]) is float  # JSON-ready
+    (keras_outputs, tflite_outputs), = seen
+    for outputs in (keras_outputs, tflite_outputs):  # both in output-name order: plus, twice
+        assert len(outputs) == 2
+        np.testing.assert_allclose(outputs[0], x + 1.0, atol=1e-6)
+        np.testing.assert_allclose(outputs[1], 2.0 * x, atol=1e-6)
+    assert "metric" not in export.verify(model, export.convert_to_tflite(model, batch_size=2), x,
+                                         num_runs=1)
 
 
 def test_float16_and_dynamic_quantization_shrink_the_file_and_stay_close(unet, images):
@@ -158,3 +180,46 @@ def test_dict_output_models_export(tmp_path):
     path = export.to_saved_model(model, tmp_path / "sm")
     out = tf.saved_model.load(path).signatures["serving_default"](image=tf.constant(x))
     np.testing.assert_allclose(out["C3"], model(x)["C3"], atol=1e-6)
+
+
+def _entries(folder):
+    return sorted(os.listdir(folder))
+
+
+def _adaptive_roi_align_model():
+    from kcv.layers import RoIAlign
+
+    inputs = [keras.Input((8, 8, 2)), keras.Input((4,)), keras.Input((), dtype="int32")]
+    return keras.Model(inputs, RoIAlign(2, sampling_ratio=-1)(inputs))
+
+
+@pytest.mark.parametrize("case", ["converted", "refused_as_flex", "refused_while_saving"])
+def test_conversion_leaves_no_temporary_directory(case, unet, tmp_path, monkeypatch):
+    # A conversion goes through a temporary SavedModel (two for a Flex refusal that has to list
+    # the ops); none may be left in the temp folder, also when writing the SavedModel fails
+    # (adaptive RoIAlign refuses export). The first conversion is not counted: autograph caches
+    # its generated source there, one file per converted function for the life of the process.
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(temp))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # gettempdir() reads TMPDIR again
+    assert tempfile.gettempdir() == str(temp)
+    inputs = keras.Input((4,))
+    model, error = {
+        "converted": (unet, None),
+        "refused_as_flex": (keras.Model(inputs, keras.layers.Activation(tf.math.erfinv)(inputs)),
+                            export.FlexOpsError),
+        "refused_while_saving": (_adaptive_roi_align_model(), ValueError),
+    }[case]
+
+    def convert(name):
+        if error is None:
+            export.to_tflite(model, tmp_path / name)
+        else:
+            with pytest.raises(error):
+                export.to_tflite(model, tmp_path / name)
+
+    convert("first.tflite")
+    before = _entries(temp)
+    convert("second.tflite")
+    assert _entries(temp) == before

@@ -7,7 +7,9 @@ outputs and a keras.applications weights file (`weights=path`) loads as it is.
 
 import keras
 
-from kcv.models.backbones._common import finish_backbone, validate_backbone_args
+from kcv.layers._checks import check_positive_int
+from kcv.models._blocks import conv_bn_act, finish_backbone, mobilenet_v1_block, mobilenet_v2_block
+from kcv.models._checks import validate_backbone_args
 
 _V1_BLOCKS = (  # (pointwise filters, stride) of the 13 depthwise separable blocks
     (64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2),
@@ -32,13 +34,9 @@ def _make_divisible(value, divisor=8):
     return rounded
 
 
-def _check_alpha(alpha, depth_multiplier=1):
-    if not isinstance(alpha, (int, float)) or alpha <= 0:
+def _check_alpha(alpha):
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or alpha <= 0:
         raise ValueError(f"`alpha` must be a positive number. Received: alpha={alpha!r}")
-    if not isinstance(depth_multiplier, int) or depth_multiplier < 1:
-        raise ValueError(
-            f"`depth_multiplier` must be a positive int. Received: depth_multiplier={depth_multiplier!r}"
-        )
 
 
 def MobileNetV1(input_shape=(224, 224, 3), alpha=1.0, depth_multiplier=1, dropout=1e-3,
@@ -71,35 +69,29 @@ def MobileNetV1(input_shape=(224, 224, 3), alpha=1.0, depth_multiplier=1, dropou
 
     Example:
         >>> model = MobileNetV1((128, 128, 3), alpha=0.5, classes=10)
+        >>> model.output.shape
+        (None, 10)
         >>> features = MobileNetV1((128, 128, 3), include_top=False, return_features=True)
+        >>> {key: tensor.shape for key, tensor in features.output.items()}["C3"]
+        (None, 16, 16, 256)
 
     Reference:
         Howard et al., "MobileNets: Efficient Convolutional Neural Networks for Mobile Vision
         Applications", arXiv:1704.04861, 2017.
     """
     # === Validate ===
-    _check_alpha(alpha, depth_multiplier)
+    _check_alpha(alpha)
+    check_positive_int("depth_multiplier", depth_multiplier)
     input_shape = validate_backbone_args(input_shape, include_top, weights, pooling, classes,
                                          return_features)
 
     # === Functional Model ===
     inputs = keras.Input(shape=input_shape, name="input_layer")
-    x = keras.layers.Conv2D(int(32 * alpha), 3, strides=2, padding="same", use_bias=False,
-                            name="conv1")(inputs)
-    x = keras.layers.BatchNormalization(name="conv1_bn")(x)
-    x = keras.layers.ReLU(6.0, name="conv1_relu")(x)
+    conv = keras.layers.Conv2D(int(32 * alpha), 3, strides=2, padding="same", use_bias=False,
+                               name="conv1")
+    x = conv_bn_act(inputs, conv, "conv1_bn", "conv1_relu", activation="relu6")
     for block_id, (filters, stride) in enumerate(_V1_BLOCKS, start=1):
-        if stride == 2:
-            x = keras.layers.ZeroPadding2D(((0, 1), (0, 1)), name=f"conv_pad_{block_id}")(x)
-        x = keras.layers.DepthwiseConv2D(3, strides=stride, padding="same" if stride == 1 else "valid",
-                                         depth_multiplier=depth_multiplier, use_bias=False,
-                                         name=f"conv_dw_{block_id}")(x)
-        x = keras.layers.BatchNormalization(name=f"conv_dw_{block_id}_bn")(x)
-        x = keras.layers.ReLU(6.0, name=f"conv_dw_{block_id}_relu")(x)
-        x = keras.layers.Conv2D(int(filters * alpha), 1, padding="same", use_bias=False,
-                                name=f"conv_pw_{block_id}")(x)
-        x = keras.layers.BatchNormalization(name=f"conv_pw_{block_id}_bn")(x)
-        x = keras.layers.ReLU(6.0, name=f"conv_pw_{block_id}_relu")(x)
+        x = mobilenet_v1_block(x, int(filters * alpha), stride, depth_multiplier, block_id)
 
     def top(x):
         x = keras.layers.GlobalAveragePooling2D(keepdims=True, name="global_pool")(x)
@@ -144,7 +136,8 @@ def MobileNetV2(input_shape=(224, 224, 3), alpha=1.0, include_top=True, weights=
     Example:
         >>> model = MobileNetV2((128, 128, 3), alpha=0.35, classes=10)
         >>> c = MobileNetV2((128, 128, 3), include_top=False, return_features=True)
-        >>> c.output["C5"].shape  # (None, 4, 4, 1280)
+        >>> c.output["C5"].shape
+        (None, 4, 4, 1280)
 
     Reference:
         Sandler et al., "MobileNetV2: Inverted Residuals and Linear Bottlenecks", CVPR 2018.
@@ -154,41 +147,18 @@ def MobileNetV2(input_shape=(224, 224, 3), alpha=1.0, include_top=True, weights=
     input_shape = validate_backbone_args(input_shape, include_top, weights, pooling, classes,
                                          return_features)
 
-    def bn(name):
-        return keras.layers.BatchNormalization(epsilon=1e-3, momentum=0.999, name=name)
-
     # === Functional Model ===
     inputs = keras.Input(shape=input_shape, name="input_layer")
-    x = keras.layers.Conv2D(_make_divisible(32 * alpha), 3, strides=2, padding="same",
-                            use_bias=False, name="Conv1")(inputs)
-    x = bn("bn_Conv1")(x)
-    x = keras.layers.ReLU(6.0, name="Conv1_relu")(x)
+    bn = {"epsilon": 1e-3, "momentum": 0.999}
+    conv = keras.layers.Conv2D(_make_divisible(32 * alpha), 3, strides=2, padding="same",
+                               use_bias=False, name="Conv1")
+    x = conv_bn_act(inputs, conv, "bn_Conv1", "Conv1_relu", activation="relu6", **bn)
     for block_id, (filters, stride, expansion) in enumerate(_V2_BLOCKS):
-        shortcut = x
-        in_channels = x.shape[-1]
-        out_channels = _make_divisible(int(filters * alpha))
-        prefix = f"block_{block_id}_" if block_id else "expanded_conv_"
-        if block_id:
-            x = keras.layers.Conv2D(expansion * in_channels, 1, padding="same", use_bias=False,
-                                    name=f"{prefix}expand")(x)
-            x = bn(f"{prefix}expand_BN")(x)
-            x = keras.layers.ReLU(6.0, name=f"{prefix}expand_relu")(x)
-        if stride == 2:
-            x = keras.layers.ZeroPadding2D(((0, 1), (0, 1)), name=f"{prefix}pad")(x)
-        x = keras.layers.DepthwiseConv2D(3, strides=stride, use_bias=False,
-                                         padding="same" if stride == 1 else "valid",
-                                         name=f"{prefix}depthwise")(x)
-        x = bn(f"{prefix}depthwise_BN")(x)
-        x = keras.layers.ReLU(6.0, name=f"{prefix}depthwise_relu")(x)
-        x = keras.layers.Conv2D(out_channels, 1, padding="same", use_bias=False,
-                                name=f"{prefix}project")(x)
-        x = bn(f"{prefix}project_BN")(x)
-        if in_channels == out_channels and stride == 1:
-            x = keras.layers.Add(name=f"{prefix}add")([shortcut, x])
+        x = mobilenet_v2_block(x, _make_divisible(int(filters * alpha)), stride, expansion,
+                               block_id)
     last_filters = _make_divisible(1280 * alpha) if alpha > 1.0 else 1280
-    x = keras.layers.Conv2D(last_filters, 1, use_bias=False, name="Conv_1")(x)
-    x = bn("Conv_1_bn")(x)
-    x = keras.layers.ReLU(6.0, name="out_relu")(x)
+    conv = keras.layers.Conv2D(last_filters, 1, use_bias=False, name="Conv_1")
+    x = conv_bn_act(x, conv, "Conv_1_bn", "out_relu", activation="relu6", **bn)
 
     def top(x):
         x = keras.layers.GlobalAveragePooling2D(name="global_pool")(x)

@@ -12,102 +12,17 @@ stride in the last block of stages 2-4, `post_bn`/`post_relu` after the last sta
 
 import keras
 
-from kcv.models.backbones._common import finish_backbone, validate_backbone_args
+from kcv.models._blocks import (
+    finish_backbone,
+    resnet_basic_v1,
+    resnet_basic_v2,
+    resnet_bn_relu,
+    resnet_bottleneck_v1,
+    resnet_bottleneck_v2,
+)
+from kcv.models._checks import validate_backbone_args
 
-_EPSILON = 1.001e-5
 _STAGE_FILTERS = (64, 128, 256, 512)
-
-
-def _bn(name):
-    return keras.layers.BatchNormalization(epsilon=_EPSILON, name=name)
-
-
-def _relu(name):
-    return keras.layers.Activation("relu", name=name)
-
-
-# --- v1 ---------------------------------------------------------------------------------------
-
-def _basic_v1(x, filters, stride, name):
-    """Two 3x3 convolutions (BN, ReLU); projection shortcut when the shape changes."""
-    if stride != 1 or x.shape[-1] != filters:
-        shortcut = keras.layers.Conv2D(filters, 1, strides=stride, use_bias=False,
-                                       name=f"{name}_0_conv")(x)
-        shortcut = _bn(f"{name}_0_bn")(shortcut)
-    else:
-        shortcut = x
-    if stride != 1:
-        x = keras.layers.ZeroPadding2D(1, name=f"{name}_1_pad")(x)
-    x = keras.layers.Conv2D(filters, 3, strides=stride, padding="same" if stride == 1 else "valid",
-                            use_bias=False, name=f"{name}_1_conv")(x)
-    x = _bn(f"{name}_1_bn")(x)
-    x = _relu(f"{name}_1_relu")(x)
-    x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_2_conv")(x)
-    x = _bn(f"{name}_2_bn")(x)
-    x = keras.layers.Add(name=f"{name}_add")([shortcut, x])
-    return _relu(f"{name}_out")(x)
-
-
-def _bottleneck_v1(x, filters, stride, name):
-    """keras.applications `residual_block_v1`: 1x1 (stride) -> 3x3 -> 1x1 (4x filters)."""
-    if stride != 1 or x.shape[-1] != 4 * filters:
-        shortcut = keras.layers.Conv2D(4 * filters, 1, strides=stride, name=f"{name}_0_conv")(x)
-        shortcut = _bn(f"{name}_0_bn")(shortcut)
-    else:
-        shortcut = x
-    x = keras.layers.Conv2D(filters, 1, strides=stride, name=f"{name}_1_conv")(x)
-    x = _bn(f"{name}_1_bn")(x)
-    x = _relu(f"{name}_1_relu")(x)
-    x = keras.layers.Conv2D(filters, 3, padding="same", name=f"{name}_2_conv")(x)
-    x = _bn(f"{name}_2_bn")(x)
-    x = _relu(f"{name}_2_relu")(x)
-    x = keras.layers.Conv2D(4 * filters, 1, name=f"{name}_3_conv")(x)
-    x = _bn(f"{name}_3_bn")(x)
-    x = keras.layers.Add(name=f"{name}_add")([shortcut, x])
-    return _relu(f"{name}_out")(x)
-
-
-# --- v2 (full pre-activation) -----------------------------------------------------------------
-
-def _preact(x, name):
-    x = _bn(f"{name}_preact_bn")(x)
-    return _relu(f"{name}_preact_relu")(x)
-
-
-def _v2_shortcut(x, preact, channels, stride, name):
-    """Projection of the pre-activated input when the width changes, else the (subsampled) input."""
-    if x.shape[-1] != channels:
-        return keras.layers.Conv2D(channels, 1, strides=stride, name=f"{name}_0_conv")(preact)
-    if stride > 1:
-        return keras.layers.MaxPooling2D(1, strides=stride, name=f"{name}_0_pool")(x)
-    return x
-
-
-def _basic_v2(x, filters, stride, name):
-    """BN-ReLU-3x3(stride)-BN-ReLU-3x3, added to the shortcut (no activation after the sum)."""
-    preact = _preact(x, name)
-    shortcut = _v2_shortcut(x, preact, filters, stride, name)
-    x = keras.layers.ZeroPadding2D(1, name=f"{name}_1_pad")(preact)
-    x = keras.layers.Conv2D(filters, 3, strides=stride, use_bias=False, name=f"{name}_1_conv")(x)
-    x = _bn(f"{name}_1_bn")(x)
-    x = _relu(f"{name}_1_relu")(x)
-    x = keras.layers.Conv2D(filters, 3, padding="same", name=f"{name}_2_conv")(x)
-    return keras.layers.Add(name=f"{name}_out")([shortcut, x])
-
-
-def _bottleneck_v2(x, filters, stride, name):
-    """keras.applications `residual_block_v2`: BN-ReLU, 1x1 -> 3x3 (stride) -> 1x1 (4x filters)."""
-    preact = _preact(x, name)
-    shortcut = _v2_shortcut(x, preact, 4 * filters, stride, name)
-    x = keras.layers.Conv2D(filters, 1, use_bias=False, name=f"{name}_1_conv")(preact)
-    x = _bn(f"{name}_1_bn")(x)
-    x = _relu(f"{name}_1_relu")(x)
-    x = keras.layers.ZeroPadding2D(1, name=f"{name}_2_pad")(x)
-    x = keras.layers.Conv2D(filters, 3, strides=stride, use_bias=False, name=f"{name}_2_conv")(x)
-    x = _bn(f"{name}_2_bn")(x)
-    x = _relu(f"{name}_2_relu")(x)
-    x = keras.layers.Conv2D(4 * filters, 1, name=f"{name}_3_conv")(x)
-    return keras.layers.Add(name=f"{name}_out")([shortcut, x])
 
 
 def ResNet(blocks_per_stage, bottleneck, preact=False, input_shape=(224, 224, 3),
@@ -141,6 +56,8 @@ def ResNet(blocks_per_stage, bottleneck, preact=False, input_shape=(224, 224, 3)
 
     Example:
         >>> model = ResNet((2, 2, 2, 2), bottleneck=False, input_shape=(64, 64, 3), classes=10)
+        >>> model.output.shape
+        (None, 10)
 
     Reference:
         He et al., "Deep Residual Learning for Image Recognition", CVPR 2016;
@@ -154,9 +71,9 @@ def ResNet(blocks_per_stage, bottleneck, preact=False, input_shape=(224, 224, 3)
     input_shape = validate_backbone_args(input_shape, include_top, weights, pooling, classes,
                                          return_features)
     if preact:
-        block = _bottleneck_v2 if bottleneck else _basic_v2
+        block = resnet_bottleneck_v2 if bottleneck else resnet_basic_v2
     else:
-        block = _bottleneck_v1 if bottleneck else _basic_v1
+        block = resnet_bottleneck_v1 if bottleneck else resnet_basic_v1
     use_bias = bottleneck or preact  # keras.applications' stems have a bias; torchvision's not
 
     # === Functional Model ===
@@ -164,8 +81,7 @@ def ResNet(blocks_per_stage, bottleneck, preact=False, input_shape=(224, 224, 3)
     x = keras.layers.ZeroPadding2D(3, name="conv1_pad")(inputs)
     x = keras.layers.Conv2D(64, 7, strides=2, use_bias=use_bias, name="conv1_conv")(x)
     if not preact:
-        x = _bn("conv1_bn")(x)
-        x = _relu("conv1_relu")(x)
+        x = resnet_bn_relu(x, "conv1")
     x = keras.layers.ZeroPadding2D(1, name="pool1_pad")(x)
     x = keras.layers.MaxPooling2D(3, strides=2, name="pool1_pool")(x)
     features = {}
@@ -183,8 +99,7 @@ def ResNet(blocks_per_stage, bottleneck, preact=False, input_shape=(224, 224, 3)
         elif stage < 3:
             features[key] = f"{prefix}_block{blocks}_preact_relu"
     if preact:
-        x = _bn("post_bn")(x)
-        x = _relu("post_relu")(x)
+        x = resnet_bn_relu(x, "post")
         features["C5"] = "post_relu"
 
     def top(x):
@@ -235,8 +150,9 @@ def _builder(depth, blocks_per_stage, bottleneck):
         A `keras.Model`.
 
     Example:
-        >>> model = ResNet{depth}((224, 224, 3), classes=1000)
-        >>> c = ResNet{depth}((256, 256, 3), include_top=False, return_features=True)
+        >>> c = ResNet{depth}((64, 64, 3), include_top=False, return_features=True)
+        >>> c.output["C5"].shape
+        (None, 2, 2, {512 * (4 if bottleneck else 1)})
 
     Reference:
         He et al., "Deep Residual Learning for Image Recognition", CVPR 2016;

@@ -2,7 +2,8 @@
 
 import keras
 
-from kcv.models.backbones._common import finish_backbone, validate_backbone_args
+from kcv.models._blocks import conv_bn_act, finish_backbone
+from kcv.models._checks import validate_backbone_args
 
 _VGG16_STAGES = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))  # (filters, convolutions)
 
@@ -38,8 +39,12 @@ def VGG16(input_shape=(224, 224, 3), batch_norm=False, include_top=True, weights
         A `keras.Model`.
 
     Example:
-        >>> model = VGG16((224, 224, 3))
-        >>> c = VGG16((256, 256, 3), batch_norm=True, include_top=False, return_features=True)
+        >>> model = VGG16((64, 64, 3), classes=10)
+        >>> model.output.shape
+        (None, 10)
+        >>> c = VGG16((64, 64, 3), batch_norm=True, include_top=False, return_features=True)
+        >>> c.output["C2"].shape
+        (None, 16, 16, 256)
 
     Reference:
         Simonyan & Zisserman, "Very Deep Convolutional Networks for Large-Scale Image
@@ -59,9 +64,8 @@ def VGG16(input_shape=(224, 224, 3), batch_norm=False, include_top=True, weights
         for i in range(1, convs + 1):
             conv_name = f"block{stage}_conv{i}"
             if batch_norm:
-                x = keras.layers.Conv2D(filters, 3, padding="same", name=conv_name)(x)
-                x = keras.layers.BatchNormalization(name=f"block{stage}_bn{i}")(x)
-                x = keras.layers.ReLU(name=f"block{stage}_relu{i}")(x)
+                conv = keras.layers.Conv2D(filters, 3, padding="same", name=conv_name)
+                x = conv_bn_act(x, conv, f"block{stage}_bn{i}", f"block{stage}_relu{i}")
             else:
                 x = keras.layers.Conv2D(filters, 3, activation="relu", padding="same",
                                         name=conv_name)(x)

@@ -2,53 +2,19 @@
 
 import keras
 
-from kcv.models.segmentation._checks import (
-    check_input_shape,
-    check_positive_ints,
-    output_activation_layer,
-)
-
-_BN_EPSILON = 1e-5
-
-
-def _conv_bn(x, filters, kernel, name, strides=1, relu=True):
-    x = keras.layers.Conv2D(filters, kernel, strides=strides, padding="same", use_bias=False,
-                            kernel_initializer="he_normal", name=f"{name}_conv")(x)
-    x = keras.layers.BatchNormalization(epsilon=_BN_EPSILON, name=f"{name}_bn")(x)
-    if relu:
-        x = keras.layers.ReLU(name=f"{name}_relu")(x)
-    return x
-
-
-def _shortcut(x, filters, name):
-    if x.shape[-1] == filters:
-        return x
-    return _conv_bn(x, filters, 1, f"{name}_shortcut", relu=False)
-
-
-def _basic_block(x, filters, name):
-    """Two 3x3 convolutions with a residual connection (ResNet's basic block)."""
-    y = _conv_bn(x, filters, 3, f"{name}_a")
-    y = _conv_bn(y, filters, 3, f"{name}_b", relu=False)
-    y = keras.layers.Add(name=f"{name}_add")([_shortcut(x, filters, name), y])
-    return keras.layers.ReLU(name=f"{name}_out")(y)
-
-
-def _bottleneck(x, filters, name):
-    """1x1 -> 3x3 -> 1x1 (4x filters) with a residual connection (ResNet's bottleneck)."""
-    y = _conv_bn(x, filters, 1, f"{name}_a")
-    y = _conv_bn(y, filters, 3, f"{name}_b")
-    y = _conv_bn(y, 4 * filters, 1, f"{name}_c", relu=False)
-    y = keras.layers.Add(name=f"{name}_add")([_shortcut(x, 4 * filters, name), y])
-    return keras.layers.ReLU(name=f"{name}_out")(y)
+from kcv.layers import BasicBlock, Bottleneck, ConvBNAct
+from kcv.layers._checks import check_positive_int
+from kcv.models._blocks import output_activation_layer
+from kcv.models._checks import check_input_shape
 
 
 def _fuse(branches, widths, name):
     """The exchange unit: every output resolution r sums all input branches s, brought to r.
 
-    Same resolution: copied. Lower resolution (s > r): 1x1 convolution (+BN) to r's channels,
-    then bilinear upsampling by 2**(s - r). Higher resolution (s < r): r - s strided 3x3
-    convolutions (+BN, ReLU between them). The sum goes through a ReLU.
+    Same resolution: copied. Lower resolution (s > r): 1x1 convolution + BN (a `ConvBNAct`
+    named `<name>_<s>to<r>`) to r's channels, then bilinear upsampling by 2**(s - r). Higher
+    resolution (s < r): r - s strided 3x3 convolutions + BN (`<name>_<s>to<r>_down<k>`, ReLU
+    between them). The sum goes through a ReLU.
     """
     outputs = []
     for r, width in enumerate(widths):
@@ -58,15 +24,16 @@ def _fuse(branches, widths, name):
             if s == r:
                 terms.append(x)
             elif s > r:
-                y = _conv_bn(x, width, 1, path, relu=False)
+                y = ConvBNAct(width, 1, activation=None, name=path)(x)
                 terms.append(keras.layers.UpSampling2D(2 ** (s - r), interpolation="bilinear",
                                                        name=f"{path}_up")(y))
             else:
                 y = x
                 for k in range(r - s):
                     last = k == r - s - 1
-                    y = _conv_bn(y, width if last else widths[s], 3, f"{path}_down{k + 1}",
-                                 strides=2, relu=not last)
+                    y = ConvBNAct(width if last else widths[s], 3, strides=2,
+                                  activation=None if last else "relu",
+                                  name=f"{path}_down{k + 1}")(y)
                 terms.append(y)
         total = keras.layers.Add(name=f"{name}_sum{r}")(terms) if len(terms) > 1 else terms[0]
         outputs.append(keras.layers.ReLU(name=f"{name}_out{r}")(total))
@@ -78,16 +45,18 @@ def HRNet(input_shape, num_classes, width=18, num_modules=(1, 1, 4, 3), num_bloc
     """Builds HRNetV2: parallel resolutions kept from start to end, exchanging information.
 
     A stem of two stride-2 3x3 convolutions brings the image to 1/4 resolution; stage 1 holds
-    `num_blocks` bottleneck blocks. Each later stage adds a branch at half the lowest resolution
-    (a strided 3x3 convolution of the lowest branch), so stage 4 runs four branches at 1/4,
-    1/8, 1/16 and 1/32 with `width * (1, 2, 4, 8)` channels. A stage is `num_modules[t]`
-    modules; a module runs `num_blocks` basic residual blocks on every branch and then fuses
-    them (the seed notes' rule): the same resolution is copied, a lower one goes through a
-    1x1 convolution and bilinear upsampling, a higher one through strided 3x3 convolutions,
-    and the terms are summed. The HRNetV2 head upsamples all four branches to 1/4 resolution
-    (bilinear), concatenates them, mixes them with a 1x1 convolution, classifies with a 1x1
-    convolution and upsamples bilinearly by 4 to the input size. Resizes have static factors,
-    so the model converts to TFLite `RESIZE_BILINEAR` builtins.
+    `num_blocks` bottleneck blocks (`kcv.layers.Bottleneck`). Each later stage adds a branch at
+    half the lowest resolution (a strided 3x3 convolution of the lowest branch), so stage 4
+    runs four branches at 1/4, 1/8, 1/16 and 1/32 with `width * (1, 2, 4, 8)` channels. A stage
+    is `num_modules[t]` modules; a module runs `num_blocks` basic residual blocks
+    (`kcv.layers.BasicBlock`) on every branch and then fuses them in the paper's exchange unit:
+    the same resolution is copied, a lower one goes through a 1x1 convolution and bilinear
+    upsampling, a higher one through strided 3x3 convolutions, and the terms are summed. The
+    HRNetV2 head upsamples all four branches to 1/4 resolution (bilinear), concatenates them,
+    mixes them with a 1x1 convolution, classifies with a 1x1 convolution and upsamples
+    bilinearly by 4 to the input size. Resizes have static factors, so the model converts to
+    TFLite `RESIZE_BILINEAR` builtins. Every convolution is a `kcv.layers.ConvBNAct` (batch
+    norm, epsilon 1e-3).
 
     Args:
         input_shape: `(H, W, C)`; H and W divisible by 32.
@@ -104,7 +73,9 @@ def HRNet(input_shape, num_classes, width=18, num_modules=(1, 1, 4, 3), num_bloc
         A `keras.Model` from `[B, H, W, C]` to `[B, H, W, num_classes]`.
 
     Example:
-        >>> model = HRNet((256, 256, 3), num_classes=19, width=18)
+        >>> model = HRNet((64, 64, 3), num_classes=19, width=18)
+        >>> model.output.shape
+        (None, 64, 64, 19)
 
     Reference:
         Sun, Xiao, Liu & Wang, "Deep High-Resolution Representation Learning for Human Pose
@@ -112,8 +83,9 @@ def HRNet(input_shape, num_classes, width=18, num_modules=(1, 1, 4, 3), num_bloc
         Pixels and Regions" (HRNetV2), arXiv:1904.04514.
     """
     # === Validate ===
-    check_positive_ints(num_classes=num_classes, width=width, num_blocks=num_blocks,
-                        stem_filters=stem_filters)
+    for key, value in (("num_classes", num_classes), ("width", width),
+                       ("num_blocks", num_blocks), ("stem_filters", stem_filters)):
+        check_positive_int(key, value)
     modules = tuple(num_modules) if isinstance(num_modules, (list, tuple)) else ()
     if (len(modules) != 4 or modules[0] != 1
             or any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in modules)):
@@ -126,10 +98,10 @@ def HRNet(input_shape, num_classes, width=18, num_modules=(1, 1, 4, 3), num_bloc
 
     # === Functional Model ===
     inputs = keras.Input(shape=tuple(input_shape), name="image")
-    x = _conv_bn(inputs, stem_filters, 3, "stem1", strides=2)
-    x = _conv_bn(x, stem_filters, 3, "stem2", strides=2)
+    x = ConvBNAct(stem_filters, 3, strides=2, name="stem1")(inputs)
+    x = ConvBNAct(stem_filters, 3, strides=2, name="stem2")(x)
     for n in range(num_blocks):
-        x = _bottleneck(x, stem_filters, f"stage1_block{n + 1}")
+        x = Bottleneck(stem_filters, name=f"stage1_block{n + 1}")(x)
     branches = [x]
     for stage in range(2, 5):
         count = stage  # branches in this stage
@@ -139,9 +111,10 @@ def HRNet(input_shape, num_classes, width=18, num_modules=(1, 1, 4, 3), num_bloc
             if b < len(branches):
                 y = branches[b]
                 if y.shape[-1] != widths[b]:
-                    y = _conv_bn(y, widths[b], 3, f"transition{stage}_{b}")
+                    y = ConvBNAct(widths[b], 3, name=f"transition{stage}_{b}")(y)
             else:
-                y = _conv_bn(branches[-1], widths[b], 3, f"transition{stage}_{b}", strides=2)
+                y = ConvBNAct(widths[b], 3, strides=2,
+                              name=f"transition{stage}_{b}")(branches[-1])
             new.append(y)
         branches = new
         for m in range(modules[stage - 1]):
@@ -157,7 +130,7 @@ def HRNet(input_shape, num_classes, width=18, num_modules=(1, 1, 4, 3), num_bloc
         for b, y in enumerate(branches) if b
     ]
     x = keras.layers.Concatenate(name="head_concat")(features)
-    x = _conv_bn(x, sum(widths), 1, "head_mix")
+    x = ConvBNAct(sum(widths), 1, name="head_mix")(x)
     x = keras.layers.Conv2D(num_classes, 1, name="classifier")(x)
     x = keras.layers.UpSampling2D(4, interpolation="bilinear", name="upsample")(x)
     x = output_activation_layer(x, num_classes, output_activation)
@@ -166,5 +139,5 @@ def HRNet(input_shape, num_classes, width=18, num_modules=(1, 1, 4, 3), num_bloc
 
 def _run_blocks(x, filters, num_blocks, name):
     for n in range(num_blocks):
-        x = _basic_block(x, filters, f"{name}_block{n + 1}")
+        x = BasicBlock(filters, name=f"{name}_block{n + 1}")(x)
     return x

@@ -2,12 +2,9 @@
 
 import keras
 
-from kcv.models.segmentation._checks import (
-    check_input_shape,
-    check_positive_ints,
-    output_activation_layer,
-)
-from kcv.models.segmentation.unet import _NORMS, _UPSAMPLING, _conv_block
+from kcv.models._blocks import double_conv, output_activation_layer, upsample
+from kcv.models._checks import check_input_shape
+from kcv.models.segmentation.unet import _check_unet_args
 
 
 def _node_name(i, j):
@@ -39,8 +36,9 @@ def UNetPlusPlus(input_shape, num_classes, filters=32, depth=4, deep_supervision
         filters: filters at level 0, doubled at each level (the paper: 32, 64, ..., 512).
         depth: number of downsamplings, which is also the number of heads (the paper: 4).
         deep_supervision: output every head `X(0, 1..depth)` (a list) or only the last one.
-        norm: `"batch"`, `"group"`, `"instance"` or `None` after each 3x3 convolution (the
-            paper's code uses none; batch norm trains faster at these sizes).
+        norm: `"batch"`, `"group"`, `"instance"`, `"layer"` or `None` after each 3x3
+            convolution (`kcv.layers.ConvBNAct` units, as in `UNet`; the paper's code uses
+            none; batch norm trains faster at these sizes).
         upsampling: `"transpose"` (2x2 transposed convolution, as the paper) or `"bilinear"`
             (bilinear resize then 1x1 convolution).
         output_activation: `"auto"` (softmax, or sigmoid when `num_classes == 1`), `None` for
@@ -52,21 +50,20 @@ def UNetPlusPlus(input_shape, num_classes, filters=32, depth=4, deep_supervision
         `[B, H, W, num_classes]` (heads 1..depth) with deep supervision, else one tensor.
 
     Example:
-        >>> model = UNetPlusPlus((96, 96, 1), num_classes=1, filters=32, depth=4)
-        >>> model.compile("adam", loss=[kcv.losses.BCEDiceLoss()] * 4, loss_weights=[0.25] * 4)
-        >>> model.fit(images, [masks] * 4)
+        >>> model = UNetPlusPlus((32, 32, 1), num_classes=1, filters=8, depth=3)
+        >>> [head.shape for head in model.outputs]
+        [(None, 32, 32, 1), (None, 32, 32, 1), (None, 32, 32, 1)]
+        >>> model.compile("adam", loss=["binary_crossentropy"] * 3, loss_weights=[1 / 3] * 3)
         >>> fast = prune(model, 2)  # inference network ending at head X(0, 2)
+        >>> fast.output.shape
+        (None, 32, 32, 1)
 
     Reference:
         Zhou, Rahman Siddiquee, Tajbakhsh & Liang, "UNet++: A Nested U-Net Architecture for
         Medical Image Segmentation", DLMIA 2018 (arXiv:1807.10165).
     """
     # === Validate ===
-    check_positive_ints(depth=depth, filters=filters, num_classes=num_classes)
-    if norm not in _NORMS:
-        raise ValueError(f"`norm` must be one of {_NORMS}. Received: norm={norm!r}")
-    if upsampling not in _UPSAMPLING:
-        raise ValueError(f"`upsampling` must be one of {_UPSAMPLING}. Received: upsampling={upsampling!r}")
+    _check_unet_args(num_classes, filters, depth, norm, upsampling)
     check_input_shape(input_shape, 2**depth, f"2**depth = {2**depth} (UNet++ halves the "
                       f"resolution {depth} times)")
 
@@ -77,21 +74,15 @@ def UNetPlusPlus(input_shape, num_classes, filters=32, depth=4, deep_supervision
     for i in range(depth + 1):  # backbone column X(i, 0)
         if i:
             x = keras.layers.MaxPooling2D(2, name=f"{_node_name(i - 1, 0)}_pool")(x)
-        x = _conv_block(x, filters * 2**i, norm, name=_node_name(i, 0))
+        x = double_conv(x, filters * 2**i, norm, name=_node_name(i, 0))
         nodes[i, 0] = x
     for j in range(1, depth + 1):  # nested columns, left to right
         for i in range(depth + 1 - j):
-            f = filters * 2**i
-            below = nodes[i + 1, j - 1]
             node = _node_name(i, j)
-            if upsampling == "transpose":
-                up = keras.layers.Conv2DTranspose(f, 2, strides=2, name=f"{node}_upconv")(below)
-            else:
-                up = keras.layers.UpSampling2D(2, interpolation="bilinear", name=f"{node}_up")(below)
-                up = keras.layers.Conv2D(f, 1, name=f"{node}_upconv")(up)
+            up = upsample(nodes[i + 1, j - 1], filters * 2**i, upsampling, name=node)
             same_level = [nodes[i, k] for k in range(j)]
             x = keras.layers.Concatenate(name=f"{node}_concat")([*same_level, up])
-            nodes[i, j] = _conv_block(x, f, norm, name=node)
+            nodes[i, j] = double_conv(x, filters * 2**i, norm, name=node)
     heads = []
     for j in range(1 if deep_supervision else depth, depth + 1):
         y = keras.layers.Conv2D(num_classes, 1, name=f"head{j}")(nodes[0, j])
@@ -117,6 +108,7 @@ def prune(model, level):
         A `keras.Model` from the images to `[B, H, W, num_classes]` (the output `level<L>`).
 
     Example:
+        >>> model = UNetPlusPlus((32, 32, 1), num_classes=1, filters=8, depth=3)
         >>> fast = prune(model, 2)
         >>> fast.count_params() < model.count_params()
         True

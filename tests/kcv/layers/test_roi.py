@@ -9,7 +9,6 @@ import tensorflow as tf
 
 import custom_ops
 import export
-from custom_ops.roi_align import fpn_levels
 from kcv.layers import MultiScaleRoIAlign, RoIAlign, RoIPool
 
 from kcv_testing import check_layer
@@ -75,7 +74,7 @@ def test_multiscale_assigns_fpn_levels_and_keeps_box_order():
     idx = np.array([0, 1, 1, 0, 1, 0], np.int32)
     levels = [_fpn_level(b, 2, 5) for b in boxes]
     assert levels == [2, 3, 4, 4, 5, 2]  # hand-checked: log2(16/224) = -3.8 -> 2 (clipped)
-    np.testing.assert_array_equal(fpn_levels(boxes, 2, 5).numpy(), levels)
+    np.testing.assert_array_equal(custom_ops.fpn_levels(boxes, 2, 5).numpy(), levels)
     dy = _RNG.normal(size=(6, 3, 3, 2))
     tensors = [tf.constant(m) for m in maps]
     with tf.GradientTape() as tape:
@@ -105,6 +104,30 @@ def test_adaptive_sampling_refuses_export_with_clear_error():
         custom_ops.roi_align(_FEATURES, _BOXES, _IDX, 2, sampling_ratio=-1).numpy(), atol=1e-6)
     with pytest.raises(ValueError, match=r"adaptive sampling.*cannot be exported.*sampling_ratio > 0"):
         export.convert_to_tflite(model, batch_size=2)
+
+
+@pytest.mark.parametrize("sampling_ratio", [-1, 2])
+def test_missing_tensorflow_internals_only_make_roi_align_slower(sampling_ratio, monkeypatch):
+    # The XLA/save-context questions go to TensorFlow internals (custom_ops/_compat.py). When an
+    # upgrade removes them the layer must still give the definition (the plain autodiff
+    # reference), eagerly and in tf.function, on the plain path (no nested XLA kernel).
+    import importlib
+
+    from custom_ops import _compat
+    from custom_ops.roi_align import _roi_align_reference
+
+    roi_module = importlib.import_module("custom_ops.roi_align")
+    want = _roi_align_reference(_FEATURES, _BOXES, _IDX, 2, 0.25, sampling_ratio).numpy()
+    calls = []
+    original = roi_module._tap_gather_xla
+    monkeypatch.setattr(roi_module, "_tap_gather_xla", lambda *a: calls.append(1) or original(*a))
+    monkeypatch.setattr(_compat, "_internal", lambda module, attribute: None)
+    layer = RoIAlign(2, spatial_scale=0.25, sampling_ratio=sampling_ratio)
+    eager = layer([_FEATURES, _BOXES, _IDX])
+    graph = tf.function(lambda *a: layer(list(a)))(_FEATURES, _BOXES, _IDX)
+    assert not calls
+    np.testing.assert_allclose(eager.numpy(), want, atol=1e-6)
+    np.testing.assert_allclose(graph.numpy(), want, atol=1e-6)
 
 
 @pytest.mark.parametrize(

@@ -225,10 +225,6 @@ def test_binary_check_loss(binary):
                from_logits=True)
 
 
-def test_exported_from_kcv_losses():
-    assert kcv.losses.TverskyLoss is TverskyLoss
-
-
 @pytest.mark.parametrize("make, match", [
     (lambda: TverskyLoss(alpha=-0.1), "alpha"),
     (lambda: TverskyLoss(beta="x"), "beta"),

@@ -187,8 +187,8 @@ def test_weights_loads_a_keras3_weights_file(tmp_path):
 # --- argument errors ----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("builder", [MobileNetV1, MobileNetV2, ResNet18, VGG16])
-def test_input_size_must_be_a_multiple_of_32(builder):
-    with pytest.raises(ValueError, match=r"multiple of 32.*input_shape=\(100, 96, 3\)"):
+def test_input_size_must_be_divisible_by_32(builder):
+    with pytest.raises(ValueError, match=r"divisible by 32.*input_shape=\(100, 96, 3\)"):
         builder((100, 96, 3), include_top=False)
 
 

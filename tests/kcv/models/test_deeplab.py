@@ -1,58 +1,16 @@
-"""DeepLabV3/V3+: the atrous backbone against the original keras.applications network, output
-stride and ASPP rates, the V3+ decoder, the shared layer routine and training."""
+"""DeepLabV3/V3+: output stride and ASPP rates, the dilated kcv backbones, backbone weights
+files, dropout after the last batch norm, the V3+ decoder, the shared layer routine and
+training. (`kcv.utils.dilate` itself: tests/kcv/utils/test_surgery.py.)"""
 
 import keras
 import numpy as np
 import pytest
+from model_graph import dropouts_reaching_batch_norm
 
 from kcv.data.synthetic import make_shapes
 from kcv.models import DeepLabV3
-from kcv.models.segmentation.deeplab import dilate
 
 from kcv_testing import check_layer
-
-
-def _randomize(model, rng):
-    """Random weights with healthy scales (keras.applications' fresh MobileNetV2 activations
-    vanish at small inputs, which would make any comparison trivial)."""
-    weights = []
-    for v in model.weights:
-        shape, path = tuple(v.shape), v.path
-        if "variance" in path or "gamma" in path:
-            w = rng.uniform(0.5, 1.5, shape)
-        elif "beta" in path or "mean" in path or "bias" in path:
-            w = rng.normal(0, 0.1, shape)
-        else:
-            fan_in = np.prod(shape[:2]) if "depthwise" in path else np.prod(shape[:-1])
-            w = rng.normal(0, np.sqrt(2 / fan_in), shape)
-        weights.append(w.astype("float32"))
-    model.set_weights(weights)
-
-
-@pytest.mark.parametrize("name, offset", [("mobilenet_v2", (1, 3)), ("resnet50", (0, 0))])
-def test_atrous_backbone_equals_the_original_on_its_grid(name, offset):
-    # The algorithme a trous: removing a stride and dilating what follows computes the original
-    # network's outputs at every pixel, the originals sitting on a grid of the removed stride.
-    # keras.applications' MobileNetV2 samples 3x3 stride-2 windows centred at 2i + 1 (offset 1,
-    # 3 for two removed strides), ResNet50 strides in 1x1 convolutions at 2i (offset 0).
-    rng = np.random.default_rng(0)
-    x = rng.uniform(-1, 1, (1, 64, 64, 3)).astype("float32")
-    if name == "mobilenet_v2":
-        net = keras.applications.MobileNetV2((64, 64, 3), alpha=0.35, include_top=False,
-                                             weights=None)
-    else:
-        net = keras.applications.ResNet50(input_shape=(64, 64, 3), include_top=False,
-                                          weights=None)
-    _randomize(net, rng)
-    reference = np.asarray(net(x))
-    assert reference.shape[1:3] == (2, 2) and reference.std() > 0.1
-    os16, os8 = np.asarray(dilate(net, 16)(x)), np.asarray(dilate(net, 8)(x))
-    assert os16.shape[1:3] == (4, 4) and os8.shape[1:3] == (8, 8)
-    atol = 1e-5 * np.abs(reference).max()  # float32 sums in another order (ResNet grows large)
-    np.testing.assert_allclose(os16[:, offset[0]::2, offset[0]::2], reference, atol=atol)
-    np.testing.assert_allclose(os8[:, offset[1]::4, offset[1]::4], reference, atol=atol)
-    assert np.abs(os16[:, 1 - offset[0]::2, 1 - offset[0]::2] - reference).max() > 1e-2 * np.abs(
-        reference).max()
 
 
 def _rates(model, names):
@@ -93,9 +51,51 @@ def test_deeplab_v3_plus_decoder_uses_stride_4_features():
                     if isinstance(layer, keras.layers.BatchNormalization)]
     assert backbone_bns and all(layer.momentum == 0.9 for layer in backbone_bns)
     assert tuple(model.get_layer("decoder_up").output.shape[1:]) == (16, 16, 8)
-    assert tuple(model.get_layer("decoder_reduce_conv").output.shape[1:]) == (16, 16, 6)
+    assert tuple(model.get_layer("decoder_reduce").output.shape[1:]) == (16, 16, 6)
     assert model.get_layer("upsample").size == (4, 4)
     assert model(np.zeros((1, 64, 64, 3), "float32")).shape == (1, 64, 64, 2)
+
+
+@pytest.mark.parametrize("backbone", ["mobilenet_v2", "resnet50"])
+def test_backbone_weights_load_a_keras_applications_weights_file(tmp_path, backbone):
+    # A weights file written by keras.applications (random weights, include_top=False) loads
+    # into the (dilated) DeepLab backbone: every backbone weight is the file's.
+    size = (64, 64, 3)
+    if backbone == "mobilenet_v2":
+        theirs = keras.applications.MobileNetV2(size, alpha=0.35, include_top=False,
+                                                weights=None)
+    else:
+        theirs = keras.applications.ResNet50(input_shape=size, include_top=False, weights=None)
+    rng = np.random.default_rng(0)
+    theirs.set_weights([rng.normal(0, 0.1, w.shape).astype("float32")
+                        for w in theirs.get_weights()])
+    path = str(tmp_path / f"{backbone}.weights.h5")
+    theirs.save_weights(path)
+    model = DeepLabV3(size, 2, backbone=backbone, alpha=0.35, filters=8, rates=(1, 2, 3),
+                      backbone_weights=path)
+    ours = model.get_layer("backbone")
+    assert len(ours.weights) == len(theirs.weights)
+    for a, b in zip(ours.weights, theirs.weights):
+        assert a.path.split("/")[-2:] == b.path.split("/")[-2:]
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.parametrize("weights", ["imagenet", "missing.h5"])
+def test_backbone_weights_must_be_a_local_file(weights):
+    with pytest.raises(ValueError, match=f"downloads nothing.*backbone_weights='{weights}'"):
+        DeepLabV3((64, 64, 3), 2, backbone_weights=weights)
+
+
+@pytest.mark.parametrize("decoder", [False, True])
+def test_dropout_does_not_feed_a_batch_norm(decoder):
+    # Li et al. (CVPR 2019): dropout ahead of a batch norm shifts the variance the norm sees
+    # between training and inference; DeepLab drops out right before the classifier.
+    model = DeepLabV3((64, 64, 3), 2, alpha=0.35, filters=8, rates=(1, 2, 3), decoder=decoder,
+                      dropout=0.1)
+    assert dropouts_reaching_batch_norm(model) == {}
+    dropout = model.get_layer("dropout")
+    assert dropout.rate == 0.1 and model.get_layer("aspp").dropout == 0.0
+    assert dropout.output is model.get_layer("classifier").input
 
 
 def test_shared_layer_routine():

@@ -5,6 +5,7 @@ import keras
 import numpy as np
 import pytest
 
+import kcv
 from kcv.data.synthetic import make_shapes
 from kcv.models import HRNet
 
@@ -42,20 +43,22 @@ def test_fusion_rule_wiring():
     # conv, branch 1 copied, branches 2 and 3 through a 1x1 conv and bilinear x2 / x4.
     add = model.get_layer("stage4_m1_fuse_sum1")
     names = sorted(_source(t).name for t in add.input)
-    assert names == ["stage4_m1_b1_block1_out", "stage4_m1_fuse_0to1_down1_bn",
+    assert names == ["stage4_m1_b1_block1", "stage4_m1_fuse_0to1_down1",
                      "stage4_m1_fuse_2to1_up", "stage4_m1_fuse_3to1_up"]
     for s, factor in ((2, 2), (3, 4)):
         up = model.get_layer(f"stage4_m1_fuse_{s}to1_up")
         assert up.interpolation == "bilinear" and tuple(up.size) == (factor, factor)
-        conv = model.get_layer(f"stage4_m1_fuse_{s}to1_conv")
-        assert conv.kernel_size == (1, 1) and conv.filters == 8
-    # From branch 0 to branch 3: three strided 3x3 convs, ReLU between but not after the last.
-    for k in (1, 2, 3):
-        conv = model.get_layer(f"stage4_m1_fuse_0to3_down{k}_conv")
-        assert conv.kernel_size == (3, 3) and conv.strides == (2, 2)
-    assert conv.filters == 32
-    assert "stage4_m1_fuse_0to3_down2_relu" in [layer.name for layer in model.layers]
-    assert "stage4_m1_fuse_0to3_down3_relu" not in [layer.name for layer in model.layers]
+        unit = model.get_layer(f"stage4_m1_fuse_{s}to1")  # ConvBNAct: 1x1 conv + BN
+        assert (unit.kernel_size, unit.filters, unit.norm, unit.activation) == (1, 8, "batch", None)
+    # From branch 0 to branch 3: three strided 3x3 convs + BN, ReLU between but not after the last.
+    units = [model.get_layer(f"stage4_m1_fuse_0to3_down{k}") for k in (1, 2, 3)]
+    assert [(u.kernel_size, u.strides, u.filters) for u in units] == [(3, 2, 4), (3, 2, 4),
+                                                                       (3, 2, 32)]
+    assert [u.activation for u in units] == ["relu", "relu", None]
+    # The residual blocks are kcv's: stage 1 bottlenecks (4x wider), basic blocks on branches.
+    assert isinstance(model.get_layer("stage1_block1"), kcv.layers.Bottleneck)
+    assert isinstance(model.get_layer("stage4_m1_b3_block1"), kcv.layers.BasicBlock)
+    assert model.get_layer("stage1_block1").output.shape[-1] == 4 * SMALL["stem_filters"]
 
 
 def test_shared_layer_routine():

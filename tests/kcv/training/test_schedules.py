@@ -5,6 +5,7 @@ import keras
 import numpy as np
 import pytest
 
+from kcv import _compat
 from kcv.training import schedules as S
 
 SPE = 3  # steps per epoch
@@ -45,7 +46,7 @@ CASES = {
     "multistep": (lambda: S.MultiStepDecay(0.1, milestones=[2, 5, 11], steps_per_epoch=SPE,
                                            gamma=0.1),
                   0.1 * 0.1 ** ((EPOCH >= 2).astype(float) + (EPOCH >= 5) + (EPOCH >= 11))),
-    # seed notes: the last n epochs subtract lr0/n each epoch, ending at 0 (total 10, n 4):
+    # linear tail: the last n epochs subtract lr0/n each epoch, ending at 0 (total 10, n 4):
     # epochs 0-6 at lr0 (6 is the first of the last four), 7: 3/4, 8: 1/2, 9: 1/4, 10+: 0.
     "linear_tail": (lambda: S.LinearDecayTail(1.0, total_epochs=10, decay_epochs=4,
                                               steps_per_epoch=SPE),
@@ -82,11 +83,11 @@ def test_serialization_round_trip(name):
     optimizer = keras.optimizers.deserialize(keras.optimizers.serialize(
         keras.optimizers.SGD(schedule)))
     assert type(optimizer.learning_rate) is not float
-    assert type(optimizer._learning_rate) is type(schedule)
+    assert type(_compat.get_learning_rate(optimizer)) is type(schedule)
 
 
-def test_linear_tail_seed_rule_subtracts_lr0_over_n_each_epoch():
-    """The seed's recurrence lr <- lr - lr_begin / n applied over the last n epochs."""
+def test_linear_tail_subtracts_lr0_over_n_each_epoch():
+    """The recurrence lr <- lr - lr_begin / n applied over the last n epochs (CycleGAN)."""
     lr0, total, n = 0.3, 8, 3
     schedule = S.LinearDecayTail(lr0, total, n, steps_per_epoch=1)
     lr, expected = lr0, []

@@ -1,10 +1,12 @@
-"""count_params and count_flops against hand counts and published figures."""
+"""count_params and count_macs against hand counts, published figures, and the same network
+built from plain Keras layers."""
 
 import keras
 import pytest
 
+from kcv.layers import ASPP, BasicBlock, ConvBNAct, InvertedResidual
 from kcv.models import MobileNetV1, MobileNetV2, ResNet18
-from kcv.utils import count_flops, count_params
+from kcv.utils import count_macs, count_params
 
 
 def _tiny():
@@ -19,8 +21,8 @@ def _tiny():
     return keras.Model(inputs, x)
 
 
-def test_flops_of_a_tiny_model_by_hand():
-    by_layer = count_flops(_tiny(), by_layer=True)
+def test_macs_of_a_tiny_model_by_hand():
+    by_layer = count_macs(_tiny(), by_layer=True)
     assert by_layer == {
         "block1_conv": 8 * 8 * 4 * 3 * 3 * 3,  # H W C_out kh kw C_in = 6912
         "block2_dw": 4 * 4 * 4 * 3 * 3,  # stride 2 -> 4x4; per channel 3x3 = 576
@@ -28,7 +30,56 @@ def test_flops_of_a_tiny_model_by_hand():
         "head_conv": 2 * 2 * 8 * 3,  # 2 groups: each output sees 6 / 2 = 3 inputs
         "head_dense": 8 * 5,
     }
-    assert count_flops(_tiny()) == sum(by_layer.values())
+    assert count_macs(_tiny()) == sum(by_layer.values())
+
+
+def _kcv_blocks():
+    inputs = keras.Input((16, 16, 3))
+    x = ConvBNAct(8, 3, strides=2, name="stem")(inputs)
+    x = InvertedResidual(8, expansion=2, name="inverted")(x)
+    x = BasicBlock(8, name="basic")(x)
+    x = ASPP(filters=4, rates=(2,), name="aspp")(x)
+    return keras.Model(inputs, x)
+
+
+def _plain_keras():
+    """`_kcv_blocks` with Keras layers: the same convolutions, shapes and wiring."""
+    layers = keras.layers
+    inputs = keras.Input((16, 16, 3))
+    x = layers.Conv2D(8, 3, strides=2, padding="same", name="stem")(inputs)
+    y = layers.Conv2D(16, 1, name="expand")(x)
+    y = layers.DepthwiseConv2D(3, padding="same", name="depthwise")(y)
+    x = layers.Add()([x, layers.Conv2D(8, 1, name="project")(y)])
+    y = layers.Conv2D(8, 3, padding="same", name="basic1")(x)
+    x = layers.Add()([x, layers.Conv2D(8, 3, padding="same", name="basic2")(y)])
+    branches = [layers.Conv2D(4, 1, name="aspp_1x1")(x),
+                layers.Conv2D(4, 3, dilation_rate=2, padding="same", name="aspp_atrous")(x)]
+    pooled = layers.GlobalAveragePooling2D(keepdims=True)(x)
+    pooled = layers.Conv2D(4, 1, name="aspp_pool_conv")(pooled)
+    branches.append(layers.UpSampling2D(8)(pooled))
+    x = layers.Conv2D(4, 1, name="aspp_project")(layers.Concatenate()(branches))
+    return keras.Model(inputs, x)
+
+
+def test_macs_of_kcv_blocks_equal_the_plain_keras_network_and_the_hand_count():
+    hand = {
+        "stem": 8 * 8 * 8 * 3 * 3 * 3,  # 8x8 output, 8 filters, 3x3x3 kernel = 13824
+        # expand 1x1 8->16, depthwise 3x3 on 16 channels, project 1x1 16->8, at 8x8
+        "inverted": 64 * 16 * 8 + 64 * 16 * 9 + 64 * 8 * 16,  # 25600
+        "basic": 2 * 64 * 8 * 9 * 8,  # two 3x3 8->8 convs (identity shortcut) = 73728
+        # 1x1 8->4, 3x3 atrous 8->4, pooled 1x1 8->4 on a 1x1 map, projection 12->4
+        "aspp": 64 * 4 * 8 + 64 * 4 * 9 * 8 + 4 * 8 + 64 * 4 * 12,  # 23584
+    }
+    assert count_macs(_kcv_blocks(), by_layer=True) == hand
+    assert count_macs(_kcv_blocks()) == count_macs(_plain_keras()) == sum(hand.values())
+
+
+def test_macs_of_a_nested_model_count_as_one_entry():
+    inputs = keras.Input((16, 16, 3))
+    inner = _kcv_blocks()
+    outputs = keras.layers.Conv2D(2, 1, name="head")(inner(inputs))
+    by_layer = count_macs(keras.Model(inputs, outputs), by_layer=True)
+    assert by_layer == {inner.name: count_macs(inner), "head": 64 * 2 * 4}
 
 
 def test_params_by_layer_block_and_total():
@@ -62,9 +113,9 @@ def test_params_by_block_of_resnet18():
 
 
 @pytest.mark.parametrize("builder, published", [(MobileNetV1, 569e6), (MobileNetV2, 300e6)])
-def test_flops_match_published_mult_adds(builder, published):
+def test_macs_match_published_mult_adds(builder, published):
     # Howard et al. 2017, Table 8: 569M mult-adds; Sandler et al. 2018, Table 4: 300M.
-    macs = count_flops(builder((224, 224, 3)))
+    macs = count_macs(builder((224, 224, 3)))
     assert abs(macs - published) / published < 0.005
 
 
@@ -74,4 +125,10 @@ def test_errors():
     inputs = keras.Input((None, None, 3))
     model = keras.Model(inputs, keras.layers.Conv2D(2, 3, name="c")(inputs))
     with pytest.raises(ValueError, match="static shapes.*'c'"):
-        count_flops(model)
+        count_macs(model)
+    inputs = keras.Input((None, None, 3))
+    model = keras.Model(inputs, ConvBNAct(2, name="unit")(inputs))
+    with pytest.raises(ValueError, match="static shapes.*'conv'"):  # the unit's convolution
+        count_macs(model)
+    with pytest.raises(ValueError, match="functional model"):
+        count_macs(keras.layers.Dense(2))

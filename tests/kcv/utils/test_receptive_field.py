@@ -180,3 +180,18 @@ def test_unet_with_transposed_and_bilinear_upsampling():
                                 upsampling=upsampling, output_activation=None)
         rf = _check_against_measured(model, 96, range(40, 56))
         assert rf.jump == (1, 1)
+
+
+def test_kcv_conv_units_and_the_unet_bottleneck():
+    # A ConvBNAct is its convolution for the field (normalization and activation are
+    # position-wise). U-Net bottleneck by hand: two 3x3 convs per level, 2x2 pools: 5, 6
+    # (jump 2), 14, 16 (jump 4), 32, 36 (jump 8), 68, 76 (jump 16), then 76 + 2 * 2 * 16 = 140;
+    # "same" 3x3 convs keep the centre, each 2x2 pool moves it by 0.5 * jump: 0.5+1+2+4 = 7.5.
+    inputs = keras.Input((32, 32, 1))
+    unit = kcv.layers.ConvBNAct(2, 3, strides=2, dilation_rate=1, name="unit")(inputs)
+    model = keras.Model(inputs, kcv.layers.ConvBNAct(2, 3, dilation_rate=2, name="atrous")(unit))
+    assert _by_hand([(3, 2, 0), (5, 1, 2)]) == (11, 2, 1)
+    assert receptive_field(model) == ReceptiveField((11, 11), (2, 2), (1, 1))
+    unet = kcv.models.UNet((64, 64, 3), 2, filters=4, depth=4)
+    assert receptive_field(unet, "bottleneck_conv2") == ReceptiveField((140, 140), (16, 16),
+                                                                       (7.5, 7.5))

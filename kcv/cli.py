@@ -1,4 +1,6 @@
-"""The `kcv` command: train, lr-find, export, receptive-field.
+"""The `kcv` command (`python -m kcv`): train, lr-find, export, receptive-field.
+
+The one module that joins kcv and `export/` (DESIGN.md); installed as the `kcv` console script.
 
     kcv train --model unet --data synthetic --epochs 10 --output runs/unet
     kcv lr-find --model unet --data synthetic --output lr_find.png

@@ -1,8 +1,10 @@
-"""The `kcv` command, run in-process through `main(argv)` (and once as the installed console
-script): help, one-line errors, train/lr-find on the synthetic task, export, receptive field."""
+"""The `kcv` command, run in-process through `main(argv)` (and as `python -m kcv`): help,
+one-line errors, train/lr-find on the synthetic task, export, receptive field."""
 
+import importlib
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -11,7 +13,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kcv.training.cli import main
+from kcv.cli import main
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 SMALL = ["--model", "unet", "--data", "synthetic", "--image-size", "32", "--filters", "8",
          "--depth", "2", "--batch-size", "8"]
@@ -30,11 +34,37 @@ def _last_json(out):
     return json.loads(out.strip().splitlines()[-1])
 
 
+_COMMANDS = ("train", "lr-find", "export", "receptive-field")
+
+
+def _python_m_kcv(*args, timeout=120):
+    path = os.pathsep.join(p for p in (_ROOT, os.environ.get("PYTHONPATH")) if p)
+    return subprocess.run([sys.executable, "-m", "kcv", *args], capture_output=True, text=True,
+                          timeout=timeout,
+                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=path))
+
+
 def test_help_lists_the_commands(capsys):
     code, out, _ = _run(capsys, ["--help"])
     assert code == 0
-    for command in ("train", "lr-find", "export", "receptive-field"):
+    for command in _COMMANDS:
         assert command in out
+
+
+def test_python_m_kcv_help_lists_the_commands():
+    proc = _python_m_kcv("--help")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.startswith("usage: kcv ")
+    listed = re.findall(r"^    ([a-z-]+)", proc.stdout, re.M)  # the sub-command lines
+    assert listed == list(_COMMANDS)
+
+
+def test_console_script_is_kcv_cli_main():
+    with open(os.path.join(_ROOT, "pyproject.toml"), encoding="utf-8") as f:
+        section = f.read().split("[project.scripts]\n")[1].split("\n[")[0]
+    assert section.strip() == 'kcv = "kcv.cli:main"'
+    module, name = "kcv.cli", "main"
+    assert getattr(importlib.import_module(module), name) is main
 
 
 @pytest.mark.parametrize("argv, needle, status", [
@@ -91,7 +121,7 @@ def test_train_on_a_folder(capsys, tmp_path):
 @pytest.mark.slow
 def test_lr_find_then_train_at_the_suggestion_then_export(capsys, tmp_path):
     """lr-find writes the PNG and the curve; training at its suggestion lowers the loss; the
-    trained model exports to TFLite through the installed console script. (The full
+    trained model exports to TFLite through `python -m kcv`. (The full
     convergence study on the synthetic task is examples/lr_finder.py.)"""
     png = str(tmp_path / "lr.png")
     code, out, err = _run(capsys, ["lr-find", *SMALL, "--num-images", "64", "--num-steps", "40",
@@ -114,11 +144,8 @@ def test_lr_find_then_train_at_the_suggestion_then_export(capsys, tmp_path):
     assert sorted(os.listdir(run / "checkpoints")) == [f"epoch_{e:03d}.keras" for e in (1, 2, 3)]
     assert not (run / "backup").exists()
 
-    kcv = os.path.join(os.path.dirname(sys.executable), "kcv")
     tflite = str(tmp_path / "unet.tflite")
-    proc = subprocess.run([kcv, "export", str(run / "model.keras"), "--output", tflite],
-                          capture_output=True, text=True, timeout=300,
-                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    proc = _python_m_kcv("export", str(run / "model.keras"), "--output", tflite, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     with open(tflite, "rb") as f:
         assert f.read(8)[4:] == b"TFL3"
@@ -143,7 +170,7 @@ def test_receptive_field_of_a_named_model(capsys):
     # U-Net bottleneck by hand: two 3x3 convs per level, 2x2 pools: 5, 6 (jump 2), 14, 16
     # (jump 4), 32, 36 (jump 8), 68, 76 (jump 16), bottleneck 76 + 2 * 2 * 16 = 140.
     code, out, err = _run(capsys, ["receptive-field", "unet", "--input-size", "64", "--layer",
-                                   "bottleneck_relu2"])
+                                   "bottleneck_conv2"])
     assert code == 0, err
     result = _last_json(out)
     assert result["size"] == [140, 140] and result["jump"] == [16, 16]

@@ -10,6 +10,6 @@ from kcv.models.backbones import (
     ResNet101,
     ResNet152,
 )
-from kcv.models.pose import OpenPose
+from kcv.models.pose import HRNetPose, OpenPose
 from kcv.models.segmentation import DeepLabV3, HRNet, UNet, UNetPlusPlus, prune
 from kcv.models.siamese import SiameseNetwork

@@ -4,8 +4,9 @@ affinity fields, each from the features and the previous stage's predictions."""
 import keras
 
 from kcv.data.keypoints import check_limbs
+from kcv.layers._checks import check_positive_int
+from kcv.models._checks import check_input_shape
 from kcv.models.backbones import MobileNetV2
-from kcv.models.segmentation._checks import check_input_shape, check_positive_ints
 
 _BACKBONES = ("vgg19", "mobilenet_v2")
 # The first 10 convolutions of VGG-19 (blocks 1-4 up to conv4_2): (filters, convolutions) per
@@ -94,8 +95,9 @@ def OpenPose(input_shape, num_keypoints, limbs, stages=6, backbone="vgg19", alph
         Sandler et al., "MobileNetV2", CVPR 2018.
     """
     # === Validate ===
-    check_positive_ints(num_keypoints=num_keypoints, stages=stages, stage_filters=stage_filters,
-                        refinement_kernel=refinement_kernel)
+    for key, value in (("num_keypoints", num_keypoints), ("stages", stages),
+                       ("stage_filters", stage_filters), ("refinement_kernel", refinement_kernel)):
+        check_positive_int(key, value)
     limbs = check_limbs(limbs, num_keypoints)
     if backbone not in _BACKBONES:
         raise ValueError(f"`backbone` must be one of {_BACKBONES}. Received: backbone={backbone!r}")

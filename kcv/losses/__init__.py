@@ -9,6 +9,7 @@ from kcv.losses.generative import (
     cycle_consistency_loss,
     gaussian_kl,
 )
+from kcv.losses.keypoints import MaskedL2Loss, masked_l2_loss, stage_losses
 from kcv.losses.metric_learning import (
     AMSoftmaxLoss,
     ArcFaceLoss,

@@ -21,6 +21,7 @@ from kcv.models.generative import (
     PatchGANDiscriminator,
     ResNetGenerator,
 )
+from kcv.models.pose import HRNetPose, OpenPose
 from kcv.models.segmentation import DeepLabV3, HRNet, UNet, UNetPlusPlus, prune
 from kcv.models.siamese import SiameseNetwork
 from kcv.models.transformer import Transformer, beam_search, greedy_decode

@@ -10,7 +10,7 @@ import math
 import keras
 from keras import ops
 
-from kcv.layers.conv_blocks import _check_positive_int
+from kcv.layers._checks import check_positive_int as _check_positive_int
 
 _POSITIONAL = ("sinusoidal", "learned")
 

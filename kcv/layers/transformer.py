@@ -9,7 +9,9 @@ Keras: 1 (True) = attend.
 import keras
 from keras import ops
 
-from kcv.layers.conv_blocks import _check_activation, _check_positive_int, _serialize_activation
+from kcv.layers._checks import check_activation as _check_activation
+from kcv.layers._checks import check_positive_int as _check_positive_int
+from kcv.layers._checks import serialize_activation as _serialize_activation
 
 
 def causal_mask(query_length, key_length=None, start_index=0):

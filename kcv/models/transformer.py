@@ -13,7 +13,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from kcv.layers.conv_blocks import _check_positive_int
+from kcv.layers._checks import check_positive_int as _check_positive_int
 from kcv.layers.embedding import TokenAndPositionEmbedding
 from kcv.layers.transformer import PaddingMask, TransformerDecoderLayer, TransformerEncoderLayer
 

@@ -3,7 +3,7 @@
 import keras
 import numpy as np
 
-from kcv.layers.conv_blocks import _check_positive_int
+from kcv.layers._checks import check_positive_int as _check_positive_int
 from kcv.layers.embedding import (
     ClassToken,
     LearnedPositionEmbedding,

@@ -39,7 +39,8 @@ def _model_input(arrays):
 
 def _outputs(model, arrays, training=False):
     out = model(_model_input(arrays), training=training)
-    return [np.asarray(o) for o in _as_list(out)]
+    out = [np.asarray(o) for o in _as_list(out)]
+    return [o.astype(np.int8) if o.dtype == bool else o for o in out]  # bool masks: diffable
 
 
 def _wrap(layer, arrays, input_dtypes=None):

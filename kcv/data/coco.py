@@ -104,10 +104,9 @@ def coco_categories(annotations_json):
     return CocoCategories(_read_json(annotations_json)["categories"])
 
 
-def _records(annotations_json, images_dir, max_boxes, drop_empty):
-    """Per image: path, id, (height, width), `[n, 4]` yxyx boxes and `[n]` classes, checked."""
-    data = _read_json(annotations_json)
-    categories = CocoCategories(data["categories"])
+def image_records(data, annotations_json, images_dir, **fields):
+    """`{image id: {"path", "size" (height, width), **fields}}` of a COCO file's `images`,
+    each image checked to exist in `images_dir` (`fields` are copied per image)."""
     images = {}
     for image in data["images"]:
         missing = [k for k in ("id", "file_name", "height", "width") if k not in image]
@@ -118,13 +117,27 @@ def _records(annotations_json, images_dir, max_boxes, drop_empty):
         if not os.path.isfile(path):
             raise ValueError(f"Image id {image['id']} of {annotations_json}: no such file {path}")
         images[image["id"]] = {"path": path, "size": (int(image["height"]), int(image["width"])),
-                               "boxes": [], "classes": []}
+                               **{k: list(v) for k, v in fields.items()}}
+    return images
+
+
+def annotation_record(images, ann, annotations_json):
+    """`(where, record)`: the annotation's description for errors and its image's record."""
+    where = f"Annotation id {ann.get('id')} in {annotations_json}"
+    record = images.get(ann.get("image_id"))
+    if record is None:
+        raise ValueError(f"{where} refers to image_id {ann.get('image_id')!r}, which is not "
+                         "in `images`.")
+    return where, record
+
+
+def _records(annotations_json, images_dir, max_boxes, drop_empty):
+    """Per image: path, id, (height, width), `[n, 4]` yxyx boxes and `[n]` classes, checked."""
+    data = _read_json(annotations_json)
+    categories = CocoCategories(data["categories"])
+    images = image_records(data, annotations_json, images_dir, boxes=[], classes=[])
     for ann in data["annotations"]:
-        where = f"Annotation id {ann.get('id')} in {annotations_json}"
-        record = images.get(ann.get("image_id"))
-        if record is None:
-            raise ValueError(f"{where} refers to image_id {ann.get('image_id')!r}, which is not "
-                             "in `images`.")
+        where, record = annotation_record(images, ann, annotations_json)
         if ann.get("category_id") not in categories._class_of:
             raise ValueError(f"{where} has the unknown category_id {ann.get('category_id')!r} "
                              f"(categories: {list(categories.category_ids)}).")

@@ -8,7 +8,16 @@ from kcv.layers.deformable import DeformableConv2D
 from kcv.layers.detection import DetectionPostProcess
 from kcv.layers.dilated import HybridDilatedConv
 from kcv.layers.distance import EuclideanDistance, euclidean_distance
+from kcv.layers.embedding import (
+    ClassToken,
+    LearnedPositionEmbedding,
+    PatchEmbedding,
+    SinusoidalPositionalEncoding,
+    TokenAndPositionEmbedding,
+)
 from kcv.layers.normalization import normalization
+from kcv.layers.padding import ReflectionPadding2D
 from kcv.layers.residual import BasicBlock, Bottleneck, PreActBasicBlock, PreActBottleneck
 from kcv.layers.roi import MultiScaleRoIAlign, RoIAlign, RoIPool
+from kcv.layers.transformer import PaddingMask, TransformerDecoderLayer, TransformerEncoderLayer
 from kcv.layers.upsampling import DenseUpsampling

@@ -83,7 +83,38 @@ def HRNet(input_shape, num_classes, width=18, num_modules=(1, 1, 4, 3), num_bloc
         Pixels and Regions" (HRNetV2), arXiv:1904.04514.
     """
     # === Validate ===
-    for key, value in (("num_classes", num_classes), ("width", width),
+    check_positive_int("num_classes", num_classes)
+    check_input_shape(input_shape, 32, "32 (the lowest branch runs at 1/32)", known=True)
+
+    # === Functional Model ===
+    inputs = keras.Input(shape=tuple(input_shape), name="image")
+    branches = hrnet_branches(inputs, width, num_modules, num_blocks, stem_filters)
+    widths = [width * 2**k for k in range(4)]
+    # HRNetV2 head: all resolutions upsampled to 1/4 and concatenated.
+    features = [branches[0]] + [
+        keras.layers.UpSampling2D(2**b, interpolation="bilinear", name=f"head_up{b}")(y)
+        for b, y in enumerate(branches) if b
+    ]
+    x = keras.layers.Concatenate(name="head_concat")(features)
+    x = ConvBNAct(sum(widths), 1, name="head_mix")(x)
+    x = keras.layers.Conv2D(num_classes, 1, name="classifier")(x)
+    x = keras.layers.UpSampling2D(4, interpolation="bilinear", name="upsample")(x)
+    x = output_activation_layer(x, num_classes, output_activation)
+    return keras.Model(inputs, x, name=name)
+
+
+def _run_blocks(x, filters, num_blocks, name):
+    for n in range(num_blocks):
+        x = BasicBlock(filters, name=f"{name}_block{n + 1}")(x)
+    return x
+
+
+def hrnet_branches(inputs, width, num_modules, num_blocks, stem_filters):
+    """HRNet's stem and stages 1-4 on `inputs`: the four branches at strides 4, 8, 16, 32 with
+    `width * (1, 2, 4, 8)` channels (arguments as `HRNet`, checked here). Shared by the
+    segmentation model (`HRNet`) and the pose model (`kcv.models.HRNetPose`)."""
+    # === Validate ===
+    for key, value in (("width", width),
                        ("num_blocks", num_blocks), ("stem_filters", stem_filters)):
         check_positive_int(key, value)
     modules = tuple(num_modules) if isinstance(num_modules, (list, tuple)) else ()
@@ -93,11 +124,10 @@ def HRNet(input_shape, num_classes, width=18, num_modules=(1, 1, 4, 3), num_bloc
             "`num_modules` must be 4 positive ints (modules in stages 1..4) with 1 in stage 1. "
             f"Received: num_modules={num_modules!r}"
         )
-    check_input_shape(input_shape, 32, "32 (the lowest branch runs at 1/32)", known=True)
+    check_input_shape(tuple(inputs.shape[1:]), 32, "32 (the lowest branch runs at 1/32)",
+                      known=True)
     widths = [width * 2**k for k in range(4)]
 
-    # === Functional Model ===
-    inputs = keras.Input(shape=tuple(input_shape), name="image")
     x = ConvBNAct(stem_filters, 3, strides=2, name="stem1")(inputs)
     x = ConvBNAct(stem_filters, 3, strides=2, name="stem2")(x)
     for n in range(num_blocks):
@@ -124,20 +154,4 @@ def HRNet(input_shape, num_classes, width=18, num_modules=(1, 1, 4, 3), num_bloc
                 for b, y in enumerate(branches)
             ]
             branches = _fuse(branches, widths[:count], f"{prefix}_fuse")
-    # HRNetV2 head: all resolutions upsampled to 1/4 and concatenated.
-    features = [branches[0]] + [
-        keras.layers.UpSampling2D(2**b, interpolation="bilinear", name=f"head_up{b}")(y)
-        for b, y in enumerate(branches) if b
-    ]
-    x = keras.layers.Concatenate(name="head_concat")(features)
-    x = ConvBNAct(sum(widths), 1, name="head_mix")(x)
-    x = keras.layers.Conv2D(num_classes, 1, name="classifier")(x)
-    x = keras.layers.UpSampling2D(4, interpolation="bilinear", name="upsample")(x)
-    x = output_activation_layer(x, num_classes, output_activation)
-    return keras.Model(inputs, x, name=name)
-
-
-def _run_blocks(x, filters, num_blocks, name):
-    for n in range(num_blocks):
-        x = BasicBlock(filters, name=f"{name}_block{n + 1}")(x)
-    return x
+    return branches

@@ -1,0 +1,230 @@
+"""Faster R-CNN with an FPN: backbone -> FPN -> RPN -> RoI head, trained with `model.fit`.
+
+The pieces are those of this package (`AnchorGenerator`, `FPN`, `RPNHead`,
+`generate_proposals`, `rpn_targets`/`rpn_loss`, `RoIBoxHead`, `roi_targets`/`roi_loss`,
+`postprocess_detections`) with torchvision's `fasterrcnn_resnet50_fpn` defaults.
+"""
+
+import keras
+import tensorflow as tf
+
+from kcv.models.backbones import MobileNetV2, ResNet18, ResNet50
+from kcv.models.detection.anchors import AnchorGenerator
+from kcv.models.detection.fpn import FPN
+from kcv.models.detection.matcher import Matcher
+from kcv.models.detection.roi_heads import (
+    RoIBoxHead,
+    postprocess_detections,
+    roi_loss,
+    roi_targets,
+)
+from kcv.models.detection.rpn import RPNHead, generate_proposals, rpn_loss, rpn_targets
+from kcv.models.detection.sampler import BalancedPositiveNegativeSampler
+
+_BACKBONES = {"resnet18": ResNet18, "resnet50": ResNet50, "mobilenet_v2": MobileNetV2}
+_LOSS_NAMES = ("rpn_objectness", "rpn_box", "classifier", "box_reg")
+
+
+def _backbone(backbone, input_shape):
+    if isinstance(backbone, keras.Model):
+        return backbone
+    if backbone not in _BACKBONES:
+        raise ValueError(f"`backbone` must be one of {sorted(_BACKBONES)} or a keras.Model "
+                         f"returning C2..C5. Received: backbone={backbone!r}")
+    return _BACKBONES[backbone](input_shape=input_shape, include_top=False,
+                                return_features=True)
+
+
+@keras.saving.register_keras_serializable(package="kcv")
+class FasterRCNN(keras.Model):
+    """Faster R-CNN with a Feature Pyramid Network (torchvision's `fasterrcnn_*_fpn` recipe).
+
+    Backbone maps C2..C5 -> `FPN` P2..P6 -> `RPNHead` over `AnchorGenerator` anchors (sizes
+    32..512, one per level, ratios 0.5/1/2) -> `generate_proposals` -> `RoIBoxHead` on P2..P5
+    -> `postprocess_detections`. `fit` on `(images, targets)` (targets padded with class -1,
+    docs/detection.md) minimises the sum of the four losses, logged as `rpn_objectness`,
+    `rpn_box`, `classifier`, `box_reg` (and `loss`); `predict`/`call` return the padded
+    detections dict.
+
+    Args:
+        num_classes: object classes (no background).
+        backbone: "resnet18", "resnet50", "mobilenet_v2" (built without weights), or a
+            `keras.Model` whose output is a dict with `C2`..`C5` (strides 4..32).
+        input_shape: image shape `(H, W, 3)`; fixed sizes are needed for XLA/TFLite.
+        fpn_filters: FPN channels (256).
+        anchor_sizes: one anchor size per level P2..P6.
+        aspect_ratios: anchor ratios `h / w`.
+        rpn_pre_nms_top_n: `(train, test)` boxes per level before NMS (2000, 1000).
+        rpn_post_nms_top_n: `(train, test)` proposals per image (2000, 1000).
+        rpn_nms_threshold, rpn_batch_size_per_image, rpn_positive_fraction: 0.7, 256, 0.5.
+        box_batch_size_per_image, box_positive_fraction: 512, 0.25.
+        representation_size: RoI MLP width (1024).
+        box_score_threshold, box_nms_threshold, detections_per_image: 0.05, 0.5, 100.
+        seed: seed of the anchor/RoI sampling.
+        **kwargs: `keras.Model` arguments (`name`).
+
+    Example:
+        >>> model = FasterRCNN(3, backbone="resnet18", input_shape=(64, 64, 3), fpn_filters=16,
+        ...                    representation_size=32, rpn_post_nms_top_n=(64, 32))
+        >>> out = model(tf.zeros([1, 64, 64, 3]))
+        >>> tuple(out["boxes"].shape), tuple(out["num_detections"].shape)
+        ((1, 100, 4), (1,))
+
+    Reference:
+        Ren et al., "Faster R-CNN", NeurIPS 2015; Lin et al., "Feature Pyramid Networks for
+        Object Detection", CVPR 2017.
+    """
+
+    def __init__(self, num_classes, backbone="resnet50", input_shape=(None, None, 3),
+                 fpn_filters=256, anchor_sizes=(32, 64, 128, 256, 512),
+                 aspect_ratios=(0.5, 1.0, 2.0), rpn_pre_nms_top_n=(2000, 1000),
+                 rpn_post_nms_top_n=(2000, 1000), rpn_nms_threshold=0.7,
+                 rpn_batch_size_per_image=256, rpn_positive_fraction=0.5,
+                 box_batch_size_per_image=512, box_positive_fraction=0.25,
+                 representation_size=1024, box_score_threshold=0.05, box_nms_threshold=0.5,
+                 detections_per_image=100, seed=0, **kwargs):
+        super().__init__(**kwargs)
+        if len(anchor_sizes) != 5:
+            raise ValueError("`anchor_sizes` needs one size per level P2..P6. "
+                             f"Received: anchor_sizes={anchor_sizes!r}")
+        self.num_classes = num_classes
+        self.backbone_arg = backbone
+        self.image_shape_arg = tuple(input_shape)
+        self.fpn_filters = fpn_filters
+        self.anchor_sizes = tuple(anchor_sizes)
+        self.aspect_ratios = tuple(aspect_ratios)
+        self.rpn_pre_nms_top_n = tuple(rpn_pre_nms_top_n)
+        self.rpn_post_nms_top_n = tuple(rpn_post_nms_top_n)
+        self.rpn_nms_threshold = rpn_nms_threshold
+        self.rpn_batch_size_per_image = rpn_batch_size_per_image
+        self.rpn_positive_fraction = rpn_positive_fraction
+        self.box_batch_size_per_image = box_batch_size_per_image
+        self.box_positive_fraction = box_positive_fraction
+        self.representation_size = representation_size
+        self.box_score_threshold = box_score_threshold
+        self.box_nms_threshold = box_nms_threshold
+        self.detections_per_image = detections_per_image
+        self.seed = seed
+
+        self.backbone = _backbone(backbone, self.image_shape_arg)
+        self.fpn = FPN(fpn_filters, name="fpn")
+        self.anchor_generator = AnchorGenerator(tuple((s,) for s in self.anchor_sizes),
+                                                self.aspect_ratios, name="anchors")
+        self.rpn_head = RPNHead(len(self.aspect_ratios), name="rpn_head")
+        self.box_head = RoIBoxHead(num_classes, representation_size, name="box_head")
+        self.rpn_matcher = Matcher(0.7, 0.3, allow_low_quality_matches=True)
+        self.rpn_sampler = BalancedPositiveNegativeSampler(rpn_batch_size_per_image,
+                                                           rpn_positive_fraction)
+        self.box_sampler = BalancedPositiveNegativeSampler(box_batch_size_per_image,
+                                                           box_positive_fraction)
+        self.seed_generator = keras.random.SeedGenerator(seed)
+        self._trackers = {n: keras.metrics.Mean(name=n) for n in ("loss", *_LOSS_NAMES)}
+
+    # === Forward pieces ===
+
+    def _features(self, images, training):
+        c = self.backbone(images, training=training)
+        maps = [c[k] for k in ("C2", "C3", "C4", "C5")] if isinstance(c, dict) else list(c)
+        return self.fpn(maps, training=training)
+
+    def _rpn(self, images, pyramid, training):
+        anchors = self.anchor_generator([images, *pyramid])
+        logits, deltas = self.rpn_head(pyramid, training=training)
+        counts = [tf.shape(x)[1] for x in logits]
+        per_level = tf.split(anchors, counts, axis=0) if len(counts) > 1 else [anchors]
+        phase = 0 if training else 1
+        image_hw = tf.shape(images)[1:3]
+        boxes, _, num = generate_proposals(
+            logits, deltas, per_level, image_hw, self.rpn_pre_nms_top_n[phase],
+            self.rpn_post_nms_top_n[phase], self.rpn_nms_threshold)
+        return anchors, tf.concat(logits, 1), tf.concat(deltas, 1), boxes, num
+
+    def call(self, images, training=False):
+        images = tf.cast(images, self.compute_dtype)
+        pyramid = self._features(images, training)
+        _, _, _, proposals, num = self._rpn(images, pyramid, training)
+        logits, deltas = self.box_head([*pyramid[:4], proposals], training=training)
+        return postprocess_detections(logits, deltas, proposals, num, tf.shape(images)[1:3],
+                                      self.box_score_threshold, self.box_nms_threshold,
+                                      self.detections_per_image)
+
+    def compute_losses(self, images, targets, training=True):
+        """The four Faster R-CNN losses for a batch, as a dict (torchvision's loss dict)."""
+        images = tf.cast(images, self.compute_dtype)
+        gt_boxes = tf.cast(targets["boxes"], tf.float32)
+        gt_classes = tf.cast(targets["classes"], tf.int32)
+        seed = tf.cast(keras.random.randint((2,), 0, 2**30, seed=self.seed_generator), tf.int32)
+        pyramid = self._features(images, training)
+        anchors, logits, deltas, proposals, num = self._rpn(images, pyramid, training)
+        labels, box_targets = rpn_targets(anchors, gt_boxes, gt_classes, self.rpn_matcher)
+        objectness_loss, rpn_box_loss = rpn_loss(logits, deltas, labels, box_targets, seed,
+                                                 self.rpn_sampler)
+        rois, roi_labels, roi_box_targets = roi_targets(
+            proposals, num, gt_boxes, gt_classes, seed + 1, sampler=self.box_sampler)
+        class_logits, box_deltas = self.box_head([*pyramid[:4], rois], training=training)
+        classifier_loss, box_loss = roi_loss(class_logits, box_deltas, roi_labels,
+                                             roi_box_targets)
+        return dict(zip(_LOSS_NAMES, (objectness_loss, rpn_box_loss, classifier_loss,
+                                      box_loss)))
+
+    # === Training ===
+
+    @property
+    def metrics(self):
+        return list(self._trackers.values())
+
+    def _log(self, losses):
+        total = tf.add_n(list(losses.values()))
+        self._trackers["loss"].update_state(total)
+        for name, value in losses.items():
+            self._trackers[name].update_state(value)
+        return {name: t.result() for name, t in self._trackers.items()}
+
+    def train_step(self, data):
+        images, targets = data[0], data[1]
+        with tf.GradientTape() as tape:
+            losses = self.compute_losses(images, targets, training=True)
+            total = tf.add_n(list(losses.values()))
+            scaled = self.optimizer.scale_loss(total)
+        variables = self.trainable_variables
+        grads = tape.gradient(scaled, variables)
+        self.optimizer.apply(grads, variables)
+        return self._log(losses)
+
+    def test_step(self, data):
+        images, targets = data[0], data[1]
+        return self._log(self.compute_losses(images, targets, training=False))
+
+    def predict_step(self, data):
+        images = data[0] if isinstance(data, (list, tuple)) else data
+        return self(images, training=False)
+
+    # === Config ===
+
+    def get_config(self):
+        backbone = self.backbone_arg
+        if isinstance(backbone, keras.Model):
+            backbone = keras.saving.serialize_keras_object(backbone)
+        return {
+            **super().get_config(), "num_classes": self.num_classes, "backbone": backbone,
+            "input_shape": self.image_shape_arg, "fpn_filters": self.fpn_filters,
+            "anchor_sizes": self.anchor_sizes, "aspect_ratios": self.aspect_ratios,
+            "rpn_pre_nms_top_n": self.rpn_pre_nms_top_n,
+            "rpn_post_nms_top_n": self.rpn_post_nms_top_n,
+            "rpn_nms_threshold": self.rpn_nms_threshold,
+            "rpn_batch_size_per_image": self.rpn_batch_size_per_image,
+            "rpn_positive_fraction": self.rpn_positive_fraction,
+            "box_batch_size_per_image": self.box_batch_size_per_image,
+            "box_positive_fraction": self.box_positive_fraction,
+            "representation_size": self.representation_size,
+            "box_score_threshold": self.box_score_threshold,
+            "box_nms_threshold": self.box_nms_threshold,
+            "detections_per_image": self.detections_per_image, "seed": self.seed,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        if isinstance(config.get("backbone"), dict):
+            config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
+        return cls(**config)

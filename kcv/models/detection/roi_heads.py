@@ -6,13 +6,13 @@ data class `c` is label `c + 1` (kcv's data has no background id, docs/detection
 detections come back in data classes.
 """
 
-import numbers
 
 import keras
 import tensorflow as tf
 
 from custom_ops import boxes as box_ops
 from custom_ops.nms import batched_nms
+from kcv.layers._checks import check_positive_int
 from kcv.layers.roi import MultiScaleRoIAlign
 from kcv.losses.detection import smooth_l1_loss
 from kcv.models.detection.matcher import (
@@ -25,10 +25,6 @@ from kcv.models.detection.sampler import BalancedPositiveNegativeSampler, first_
 
 BOX_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
 
-
-def _positive_int(value, name):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"`{name}` must be a positive int. Received: {name}={value!r}")
 
 
 @keras.saving.register_keras_serializable(package="kcv")
@@ -71,8 +67,8 @@ class RoIBoxHead(keras.layers.Layer):
                  spatial_scales=(0.25, 0.125, 0.0625, 0.03125), sampling_ratio=2, aligned=False,
                  **kwargs):
         super().__init__(**kwargs)
-        _positive_int(num_classes, "num_classes")
-        _positive_int(representation_size, "representation_size")
+        check_positive_int("num_classes", num_classes)
+        check_positive_int("representation_size", representation_size)
         self.num_classes = num_classes
         self.representation_size = representation_size
         self.output_size = output_size
@@ -253,7 +249,7 @@ def postprocess_detections(class_logits, box_deltas, rois, num_rois, image_shape
         >>> int(out["num_detections"][0]), out["boxes"][0, 0].numpy()
         (1, array([2., 2., 8., 9.], dtype=float32))
     """
-    _positive_int(detections_per_image, "detections_per_image")
+    check_positive_int("detections_per_image", detections_per_image)
     with tf.name_scope("postprocess_detections"):
         scores = tf.nn.softmax(tf.cast(class_logits, tf.float32), axis=-1)[:, :, 1:]
         rois = tf.cast(rois, tf.float32)

@@ -16,12 +16,6 @@ def check_model(model, name, num_outputs=None):
     return model
 
 
-def check_positive_int(value, name):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
-    return value
-
-
 def serialize_models(config, **models):
     """`config` with each sub-model serialized (`keras.saving.serialize_keras_object`)."""
     return {**config, **{k: keras.saving.serialize_keras_object(m) for k, m in models.items()}}

@@ -4,6 +4,7 @@ generated images, and a `train_step` with the least-squares, cycle and identity 
 import keras
 import tensorflow as tf
 
+from kcv.layers._checks import check_positive_int
 from kcv.layers.normalization import normalization
 from kcv.layers.padding import ReflectionPadding2D
 from kcv.losses.generative import adversarial_loss, cycle_consistency_loss
@@ -60,10 +61,10 @@ def ResNetGenerator(input_shape, filters=64, num_residual_blocks=9, output_chann
         Style Transfer and Super-Resolution", ECCV 2016.
     """
     _check_input_shape(input_shape, "input_shape", factor=4)
-    _common.check_positive_int(filters, "filters")
-    _common.check_positive_int(num_residual_blocks, "num_residual_blocks")
+    check_positive_int("filters", filters)
+    check_positive_int("num_residual_blocks", num_residual_blocks)
     output_channels = input_shape[2] if output_channels is None else output_channels
-    _common.check_positive_int(output_channels, "output_channels")
+    check_positive_int("output_channels", output_channels)
 
     # === Functional Model ===
     images = keras.Input(input_shape, name="images")
@@ -121,7 +122,7 @@ def PatchGANDiscriminator(input_shape, filters=64, name="patchgan_discriminator"
     if any(s is not None and s < 32 for s in input_shape[:2]):
         raise ValueError("`input_shape` height and width must be at least 32 for a 70x70 "
                          f"PatchGAN (or None). Received: input_shape={input_shape!r}")
-    _common.check_positive_int(filters, "filters")
+    check_positive_int("filters", filters)
 
     # === Functional Model ===
     images = keras.Input(input_shape, name="images")

@@ -4,6 +4,7 @@ readable `train_step` with the non-saturating or the least-squares (LSGAN) loss.
 import keras
 import tensorflow as tf
 
+from kcv.layers._checks import check_positive_int
 from kcv.losses.generative import _MODES, adversarial_loss
 from kcv.models.generative import _common
 
@@ -45,9 +46,9 @@ def DCGANGenerator(latent_dim, output_shape, filters=64, num_upsamplings=2,
         Radford, Metz & Chintala, "Unsupervised Representation Learning with Deep Convolutional
         Generative Adversarial Networks", ICLR 2016.
     """
-    _common.check_positive_int(latent_dim, "latent_dim")
-    _common.check_positive_int(filters, "filters")
-    _common.check_positive_int(num_upsamplings, "num_upsamplings")
+    check_positive_int("latent_dim", latent_dim)
+    check_positive_int("filters", filters)
+    check_positive_int("num_upsamplings", num_upsamplings)
     _check_image_shape(output_shape, "output_shape", 2**num_upsamplings)
     height, width, channels = output_shape
     scale = 2**num_upsamplings
@@ -97,8 +98,8 @@ def DCGANDiscriminator(input_shape, filters=64, num_downsamplings=2,
         Radford, Metz & Chintala, "Unsupervised Representation Learning with Deep Convolutional
         Generative Adversarial Networks", ICLR 2016.
     """
-    _common.check_positive_int(filters, "filters")
-    _common.check_positive_int(num_downsamplings, "num_downsamplings")
+    check_positive_int("filters", filters)
+    check_positive_int("num_downsamplings", num_downsamplings)
     _check_image_shape(input_shape, "input_shape", 2**num_downsamplings)
 
     # === Functional Model ===
@@ -156,7 +157,7 @@ class GAN(_common.AdversarialModel):
     def __init__(self, generator, discriminator, latent_dim, mode="non_saturating", seed=None,
                  **kwargs):
         super().__init__(**kwargs)
-        _common.check_positive_int(latent_dim, "latent_dim")
+        check_positive_int("latent_dim", latent_dim)
         if mode not in _MODES:
             raise ValueError(f"`mode` must be one of {_MODES}. Received: mode={mode!r}")
         self.generator = _common.check_model(generator, "generator", num_outputs=1)
@@ -181,7 +182,7 @@ class GAN(_common.AdversarialModel):
 
     def sample(self, num_samples):
         """`num_samples` generated images."""
-        _common.check_positive_int(num_samples, "num_samples")
+        check_positive_int("num_samples", num_samples)
         return self.generator(self._noise(num_samples), training=False)
 
     def _noise(self, batch_size):

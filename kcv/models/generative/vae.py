@@ -3,6 +3,7 @@
 import keras
 import tensorflow as tf
 
+from kcv.layers._checks import check_positive_int
 from kcv.losses.generative import gaussian_kl
 from kcv.models.generative import _common
 
@@ -62,7 +63,7 @@ class VAE(keras.Model):
     def __init__(self, encoder, decoder, latent_dim, beta=1.0, reconstruction="bernoulli",
                  seed=None, **kwargs):
         super().__init__(**kwargs)
-        _common.check_positive_int(latent_dim, "latent_dim")
+        check_positive_int("latent_dim", latent_dim)
         if isinstance(beta, bool) or not isinstance(beta, (int, float)) or beta < 0:
             raise ValueError(f"`beta` must be a number >= 0. Received: beta={beta!r}")
         if reconstruction not in _RECONSTRUCTIONS:
@@ -110,7 +111,7 @@ class VAE(keras.Model):
 
     def sample(self, num_samples):
         """`num_samples` images decoded from z ~ N(0, I)."""
-        _common.check_positive_int(num_samples, "num_samples")
+        check_positive_int("num_samples", num_samples)
         z = keras.random.normal((num_samples, self.latent_dim), seed=self.seed_generator)
         return self.decode(tf.cast(z, self.compute_dtype))
 

@@ -154,7 +154,7 @@ def test_roi_box_head_layer_checks():
 
 
 def test_errors():
-    with pytest.raises(ValueError, match="`num_classes` must be a positive int. Received: num_classes=0"):
+    with pytest.raises(ValueError, match="`num_classes` must be a positive integer. Received: num_classes=0"):
         RoIBoxHead(0)
     with pytest.raises(ValueError, match=r"RoIBoxHead expects \[4 feature maps, rois\]"):
         RoIBoxHead(2)([tf.zeros([1, 8, 8, 3]), tf.zeros([1, 2, 4])])

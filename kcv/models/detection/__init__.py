@@ -1,6 +1,10 @@
 """kcv.models.detection: the pieces of two-stage detectors (anchors, matching, sampling, ...)."""
 
-from kcv.models.detection.anchors import AnchorGenerator, generate_anchors
+from kcv.models.detection.anchors import (
+    AnchorGenerator,
+    SingleLevelAnchorGenerator,
+    generate_anchors,
+)
 from kcv.models.detection.faster_rcnn import FasterRCNN
 from kcv.models.detection.fpn import FPN
 from kcv.models.detection.matcher import (

@@ -189,6 +189,13 @@ def build_backbone(backbone, input_shape, weights=None, trainable_layers=None,
         `(model, trainable_layers, batch_norm_frozen)` with the resolved values; the model
         returns a dict `C2`..`C5`, or for VGG16 the single conv5_3 map (stride 16, 512
         channels).
+
+    Example:
+        >>> model, layers, frozen = build_backbone("vgg16", (64, 64, 3), trainable_layers=3)
+        >>> model.output.shape, layers, frozen
+        ((None, 4, 4, 512), 3, False)
+        >>> [layer.name for layer in model.layers if layer.trainable_weights][0]
+        'block3_conv1'
     """
     check_one_of("backbone", backbone, BACKBONES)
     check_weights_file("backbone_weights", weights)

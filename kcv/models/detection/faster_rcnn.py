@@ -5,6 +5,8 @@ The pieces are those of this package (`AnchorGenerator`, `FPN`, `RPNHead`,
 `postprocess_detections`) with torchvision's `fasterrcnn_resnet50_fpn` defaults.
 """
 
+import copy
+
 import keras
 import tensorflow as tf
 
@@ -307,7 +309,8 @@ class FasterRCNN(keras.Model):
     def from_config(cls, config):
         config = dict(config)
         if isinstance(config.get("backbone"), dict):
-            config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
+            config["backbone"] = keras.saving.deserialize_keras_object(  # (it edits its input)
+                copy.deepcopy(config["backbone"]))
         # The config holds the resolved `trainable_backbone_layers`/`freeze_batch_norm`, so the
         # same model is built without reading `backbone_weights` again (the saved weights
         # follow; the file may be gone).

@@ -141,7 +141,8 @@ def test_keras_reload(tmp_path, variant):
 
 @pytest.mark.slow
 def test_keras_reload_in_a_fresh_process(tmp_path):
-    check_keras_reload(*_reload_model(tmp_path, "resnet18_options"), atol=1e-4)
+    model, images = _reload_model(tmp_path, "resnet18_options")
+    check_keras_reload(model, [images], atol=1e-4)
 
 
 @pytest.mark.parametrize("kwargs, match", [

@@ -73,6 +73,17 @@ def resolve_trainable_layers(trainable_layers, pretrained):
     return int(trainable_layers)
 
 
+def resolve_batch_norm_frozen(frozen, pretrained):
+    """`freeze_batch_norm`: None gives `pretrained` (torchvision's `FrozenBatchNorm2d` exactly
+    for pretrained backbones); a bool is kept."""
+    if frozen is None:
+        return pretrained
+    if not isinstance(frozen, bool):
+        raise ValueError(f"`freeze_batch_norm` must be None or a bool. "
+                         f"Received: freeze_batch_norm={frozen!r}")
+    return frozen
+
+
 def check_deformable_stages(deformable_stages, backbone):
     """Returns `deformable_stages` as a sorted tuple (or None), naming the argument on error."""
     if deformable_stages is None:
@@ -201,11 +212,7 @@ def build_backbone(backbone, input_shape, weights=None, trainable_layers=None,
     check_weights_file("backbone_weights", weights)
     deformable_stages = check_deformable_stages(deformable_stages, backbone)
     trainable_layers = resolve_trainable_layers(trainable_layers, weights is not None)
-    if batch_norm_frozen is None:
-        batch_norm_frozen = weights is not None
-    if not isinstance(batch_norm_frozen, bool):
-        raise ValueError("`freeze_batch_norm` must be None or a bool. "
-                         f"Received: freeze_batch_norm={batch_norm_frozen!r}")
+    batch_norm_frozen = resolve_batch_norm_frozen(batch_norm_frozen, weights is not None)
     model = _BUILDERS[backbone](input_shape=input_shape, include_top=False, weights=weights,
                                 return_features=True)
     if backbone in SINGLE_LEVEL_STRIDES:

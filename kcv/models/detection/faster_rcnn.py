@@ -17,6 +17,7 @@ from kcv.models.detection.backbones import (
     SINGLE_LEVEL_STRIDES,
     build_backbone,
     freeze_batch_norm,
+    resolve_batch_norm_frozen,
 )
 from kcv.models.detection.fpn import FPN
 from kcv.models.detection.matcher import Matcher
@@ -46,7 +47,7 @@ def _backbone(backbone, input_shape, fpn, weights, trainable_layers, batch_norm_
         if fpn is False:
             raise ValueError("A keras.Model backbone returns C2..C5 for the FPN. "
                              "Received: fpn=False")
-        if batch_norm_frozen:
+        if resolve_batch_norm_frozen(batch_norm_frozen, False):
             freeze_batch_norm(backbone)
         return backbone, True, None, bool(batch_norm_frozen)
     if backbone not in BACKBONES:

@@ -155,6 +155,7 @@ def test_keras_reload_in_a_fresh_process(tmp_path):
      "not to a keras.Model backbone. Received: trainable_backbone_layers=3"),
     (dict(backbone="custom", deformable_stages=(5,)),
      r"not to a keras.Model backbone. Received: deformable_stages=\(5,\)"),
+    (dict(backbone="custom", freeze_batch_norm=1), "freeze_batch_norm=1"),
 ])
 def test_errors(kwargs, match):
     if kwargs["backbone"] == "custom":

@@ -13,7 +13,7 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
-from export._common import input_specs, prepare_path
+from export._common import input_specs, prepare_path, serving_function
 from export._litert import interpreter, tflite_ops
 
 _QUANTIZATIONS = (None, "float16", "dynamic", "int8")
@@ -71,7 +71,7 @@ def _converter(model, specs):
 
     with tempfile.TemporaryDirectory(prefix="kcv_tflite_") as tmp:
         path = os.path.join(tmp, "saved_model")
-        write_saved_model(model, path, specs)
+        write_saved_model(model, path, specs, serving_function(model, "float32"))
         yield tf.lite.TFLiteConverter.from_saved_model(path, signature_keys=["serving_default"])
 
 
@@ -117,6 +117,13 @@ def convert_to_tflite(model, quantization=None, representative_data=None, batch_
     if quantization not in _QUANTIZATIONS:
         raise ValueError(
             f"`quantization` must be one of {_QUANTIZATIONS}. Received: quantization={quantization!r}"
+        )
+    if quantization == "int8" and hasattr(model, "serving_signature"):
+        raise ValueError(
+            "`quantization='int8'` is not available for detectors: TensorFlow 2.21's int8 "
+            "calibrator crashes the process (segfault) on the while-loops of their NMS. Use "
+            "quantization='dynamic' (int8 weights, float activations and I/O). "
+            f"Received: quantization={quantization!r}"
         )
     specs = input_specs(model, batch_size=batch_size, input_shapes=input_shapes)
     with _converter(model, specs) as conv:

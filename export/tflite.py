@@ -94,6 +94,10 @@ def convert_to_tflite(model, quantization=None, representative_data=None, batch_
                       int8_io=False, input_shapes=None):
     """Converts a Keras model to TFLite flatbuffer bytes with builtin ops only.
 
+    A model with a `serving_signature(dtype, batch_size)` method (kcv's detectors) is converted
+    through it with `dtype="float32"`: float32 `images` in [0, 1], outputs named by its
+    `serving_output_names` (`boxes`, `scores`, `classes`, `num_detections`).
+
     Args:
         model: a built Keras model.
         quantization: `None` (float32), `"float16"` (fp16 weights), `"dynamic"` (int8 weights,
@@ -112,7 +116,8 @@ def convert_to_tflite(model, quantization=None, representative_data=None, batch_
 
     Raises:
         FlexOpsError: the model needs ops that are not TFLite builtins; lists them.
-        ValueError: unknown `quantization`, or `"int8"` without `representative_data`.
+        ValueError: unknown `quantization`, `"int8"` without `representative_data`, or
+            `"int8"` for a detector (TensorFlow's calibrator crashes on its NMS loops).
     """
     if quantization not in _QUANTIZATIONS:
         raise ValueError(

@@ -12,6 +12,9 @@ def to_saved_model(model, path, overwrite=False, batch_size=None):
     The signature takes the model's inputs by their Keras input names (e.g. `image`) and returns a
     dict keyed by the output layer names (or by the keys of a dict-output model). The SavedModel holds the traced graph and the weights
     only, so a process that cannot import kcv (TF Serving, `tf.saved_model.load`) runs it.
+    A model with a `serving_signature(dtype, batch_size)` method (kcv's detectors) is served
+    through it with `dtype="uint8"`: uint8 `images` `[B, H, W, 3]` in, `boxes`, `scores`,
+    `classes`, `num_detections` out.
 
     Args:
         model: a built Keras model (functional or called once).
@@ -31,16 +34,24 @@ def to_saved_model(model, path, overwrite=False, batch_size=None):
         ['serving_default']
     """
     path = prepare_path(path, overwrite)
-    write_saved_model(model, path, input_specs(model, batch_size=batch_size))
+    if hasattr(model, "serving_signature"):  # detectors: uint8 images in, named detections out
+        serve, specs = model.serving_signature("uint8", batch_size)
+        write_saved_model(model, path, specs, serve)
+    else:
+        write_saved_model(model, path, input_specs(model, batch_size=batch_size))
     return path
 
 
-def write_saved_model(model, path, specs):
-    """Writes the `serving_default` SavedModel of `model` for the given input specs."""
+def write_saved_model(model, path, specs, serve=None):
+    """Writes the `serving_default` SavedModel of `model` for the given input specs.
 
-    def serve(*args):
-        return named_outputs(model, model(list(args) if len(args) > 1 else args[0],
-                                          training=False))
+    `serve` is the function to export (default: the model's call, outputs named by
+    `output_names`).
+    """
+    if serve is None:
+        def serve(*args):
+            return named_outputs(model, model(list(args) if len(args) > 1 else args[0],
+                                              training=False))
 
     archive = keras.export.ExportArchive()
     archive.track(model)

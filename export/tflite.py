@@ -13,7 +13,7 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
-from export._common import input_specs, prepare_path
+from export._common import input_specs, prepare_path, serving_function
 from export._litert import interpreter, tflite_ops
 
 _QUANTIZATIONS = (None, "float16", "dynamic", "int8")
@@ -71,7 +71,7 @@ def _converter(model, specs):
 
     with tempfile.TemporaryDirectory(prefix="kcv_tflite_") as tmp:
         path = os.path.join(tmp, "saved_model")
-        write_saved_model(model, path, specs)
+        write_saved_model(model, path, specs, serving_function(model, "float32"))
         yield tf.lite.TFLiteConverter.from_saved_model(path, signature_keys=["serving_default"])
 
 
@@ -94,6 +94,10 @@ def convert_to_tflite(model, quantization=None, representative_data=None, batch_
                       int8_io=False, input_shapes=None):
     """Converts a Keras model to TFLite flatbuffer bytes with builtin ops only.
 
+    A model with a `serving_signature(dtype, batch_size)` method (kcv's detectors) is converted
+    through it with `dtype="float32"`: float32 `images` in [0, 1], outputs named by its
+    `serving_output_names` (`boxes`, `scores`, `classes`, `num_detections`).
+
     Args:
         model: a built Keras model.
         quantization: `None` (float32), `"float16"` (fp16 weights), `"dynamic"` (int8 weights,
@@ -112,11 +116,19 @@ def convert_to_tflite(model, quantization=None, representative_data=None, batch_
 
     Raises:
         FlexOpsError: the model needs ops that are not TFLite builtins; lists them.
-        ValueError: unknown `quantization`, or `"int8"` without `representative_data`.
+        ValueError: unknown `quantization`, `"int8"` without `representative_data`, or
+            `"int8"` for a detector (TensorFlow's calibrator crashes on its NMS loops).
     """
     if quantization not in _QUANTIZATIONS:
         raise ValueError(
             f"`quantization` must be one of {_QUANTIZATIONS}. Received: quantization={quantization!r}"
+        )
+    if quantization == "int8" and hasattr(model, "serving_signature"):
+        raise ValueError(
+            "`quantization='int8'` is not available for detectors: TensorFlow 2.21's int8 "
+            "calibrator crashes the process (segfault) on the while-loops of their NMS. Use "
+            "quantization='dynamic' (int8 weights, float activations and I/O). "
+            f"Received: quantization={quantization!r}"
         )
     specs = input_specs(model, batch_size=batch_size, input_shapes=input_shapes)
     with _converter(model, specs) as conv:

@@ -21,4 +21,8 @@ from kcv.models.detection.roi_heads import (
     roi_targets,
 )
 from kcv.models.detection.rpn import RPNHead, generate_proposals, rpn_loss, rpn_targets
-from kcv.models.detection.sampler import BalancedPositiveNegativeSampler, first_true_indices
+from kcv.models.detection.sampler import (
+    BalancedPositiveNegativeSampler,
+    first_true_indices,
+    image_seeds,
+)

@@ -29,7 +29,8 @@ from kcv.models.detection.roi_heads import (
     roi_targets,
 )
 from kcv.models.detection.rpn import RPNHead, generate_proposals, rpn_loss, rpn_targets
-from kcv.models.detection.sampler import BalancedPositiveNegativeSampler
+from kcv.models.detection.sampler import BalancedPositiveNegativeSampler, image_seeds
+from kcv.models.detection.serving import DETECTION_OUTPUTS, serving_signature
 
 _LOSS_NAMES = ("rpn_objectness", "rpn_box", "classifier", "box_reg")
 
@@ -218,6 +219,11 @@ class FasterRCNN(keras.Model):
             self.rpn_post_nms_top_n[phase], self.rpn_nms_threshold)
         return anchors, tf.concat(logits, 1), tf.concat(deltas, 1), boxes, num
 
+    def build(self, input_shape):
+        # Every weight, from the image shape: a `.keras` file written after `fit` alone (which
+        # builds only the sublayers) then records the shape and reloads the weights.
+        self.compute_output_spec(keras.KerasTensor(tuple(input_shape)))
+
     def call(self, images, training=False):
         images = tf.cast(images, self.compute_dtype)
         pyramid = self._features(images, training)
@@ -229,10 +235,13 @@ class FasterRCNN(keras.Model):
 
     def compute_losses(self, images, targets, training=True):
         """The four Faster R-CNN losses for a batch, as a dict (torchvision's loss dict)."""
+        if not self.built:
+            self.build(images.shape)
         images = tf.cast(images, self.compute_dtype)
         gt_boxes = tf.cast(targets["boxes"], tf.float32)
         gt_classes = tf.cast(targets["classes"], tf.int32)
         seed = tf.cast(keras.random.randint((2,), 0, 2**30, seed=self.seed_generator), tf.int32)
+        seed = image_seeds(seed, tf.shape(images)[0])  # an image samples alike on any replica
         pyramid = self._features(images, training)
         anchors, logits, deltas, proposals, num = self._rpn(images, pyramid, training)
         labels, box_targets = rpn_targets(anchors, gt_boxes, gt_classes, self.rpn_matcher)
@@ -264,6 +273,8 @@ class FasterRCNN(keras.Model):
         with tf.GradientTape() as tape:
             losses = self.compute_losses(images, targets, training=True)
             total = tf.add_n(list(losses.values()))
+            # replicas' gradients are summed: each contributes its share of the batch mean
+            total = total / tf.distribute.get_strategy().num_replicas_in_sync
             scaled = self.optimizer.scale_loss(total)
         variables = self.trainable_variables
         grads = tape.gradient(scaled, variables)
@@ -277,6 +288,14 @@ class FasterRCNN(keras.Model):
     def predict_step(self, data):
         images = data[0] if isinstance(data, (list, tuple)) else data
         return self(images, training=False)
+
+    # === Export ===
+
+    serving_output_names = DETECTION_OUTPUTS
+
+    def serving_signature(self, dtype="uint8", batch_size=None):
+        """`(fn, input_specs)` that `export/` serves (`kcv.models.detection.serving`)."""
+        return serving_signature(self, dtype, batch_size)
 
     # === Config ===
 

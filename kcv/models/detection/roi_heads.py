@@ -157,7 +157,7 @@ def roi_targets(proposals, num_proposals, gt_boxes, gt_classes, seed, matcher=No
         proposals: float Tensor `[B, P, 4]` yxyx (e.g. from `generate_proposals`).
         num_proposals: int Tensor `[B]`, valid proposals per image (the first ones).
         gt_boxes: float Tensor `[B, M, 4]`, padded; `gt_classes`: int `[B, M]`, -1 padding.
-        seed: int Tensor `[2]` for the sampler.
+        seed: int Tensor `[2]` (or `[B, 2]`, one per image) for the sampler.
         matcher: default `Matcher(0.5, 0.5, allow_low_quality_matches=False)`.
         sampler: default `BalancedPositiveNegativeSampler(512, 0.25)`.
         add_gt_boxes: append the GT boxes to the candidates (default True, as torchvision).

@@ -105,14 +105,17 @@ def _freeze_bn(module):
 
 
 def _randomise_heads(model, rng):
-    """RPN and box heads away from torchvision's near-zero init, so every decision matters."""
+    """FPN and heads scaled so that scores stay between 0 and 1 (no float32 ties at 1.0) and
+    away from torchvision's near-zero RPN init, so that every decision matters."""
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if name.startswith("rpn.head.cls_logits"):
-                p.copy_(torch.from_numpy(rng.normal(0, 0.5 if "weight" in name else 0.3,
+            if name.startswith("backbone.fpn.inner_blocks") and name.endswith("weight"):
+                p.mul_(0.05)
+            elif name.startswith("rpn.head.cls_logits"):
+                p.copy_(torch.from_numpy(rng.normal(0, 0.05 if "weight" in name else 0.3,
                                                     p.shape)).float())
             elif name.startswith("rpn.head.bbox_pred"):
-                p.copy_(torch.from_numpy(rng.normal(0, 0.05, p.shape)).float())
+                p.copy_(torch.from_numpy(rng.normal(0, 0.02, p.shape)).float())
             elif name.startswith("backbone.fpn") and name.endswith("bias"):
                 p.copy_(torch.from_numpy(rng.normal(0, 0.1, p.shape)).float())
             elif name.startswith("roi_heads.box_predictor.bbox_pred"):

@@ -92,3 +92,89 @@ def test_frozen_batch_norm_formula():
         scale = w / np.sqrt(v + eps)
         np.testing.assert_allclose(layer(x).numpy(), x * scale + (b - m * scale), rtol=1e-15)
     assert FrozenBatchNormalization(0.0).trainable_weights == []
+
+
+def _pyramid(data, case):
+    return [tf.constant(data[f"{case}/P{i}"]) for i in range(5)]
+
+
+def test_rpn_head_and_anchors_float64(data, model64):
+    x = tf.constant(data["upscale/transformed"])
+    objectness, deltas, anchors, _, _ = model64.proposals(
+        x, _pyramid(data, "upscale"), tuple(data["upscale/image_size"]))
+    b = x.shape[0]
+    for i in range(5):
+        np.testing.assert_allclose(objectness[i].numpy(),
+                                   data[f"upscale/objectness_{i}"].reshape(b, -1),
+                                   rtol=0, atol=1e-8)
+        np.testing.assert_allclose(deltas[i].numpy(),
+                                   data[f"upscale/deltas_{i}"].reshape(b, -1, 4),
+                                   rtol=0, atol=1e-8)
+    np.testing.assert_array_equal(np.concatenate([a.numpy() for a in anchors]),
+                                  data["upscale/anchors"])
+
+
+def _check_proposals(data, case, proposals, count, atol):
+    for i in range(proposals.shape[0]):
+        expected = data[f"{case}/proposals_{i}"]
+        assert int(count[i]) == len(expected)
+        np.testing.assert_allclose(proposals[i, :len(expected)].numpy(), expected, rtol=0,
+                                   atol=atol)
+        assert not np.any(proposals[i, len(expected):].numpy())
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_proposals_float64(data, model64, case):
+    """Same proposals in the same (score) order, within 1e-6 px."""
+    x = tf.constant(data[f"{case}/transformed"])
+    pyramid = model64.features(x)
+    *_, proposals, count = model64.proposals(x, pyramid, tuple(data[f"{case}/image_size"]))
+    _check_proposals(data, case, proposals, count, 1e-6)
+
+
+def test_proposals_float32(data, model32):
+    x = tf.constant(data["upscale/transformed"], tf.float32)
+    pyramid = model32.features(x)
+    *_, proposals, count = model32.proposals(x, pyramid, tuple(data["upscale/image_size"]))
+    _check_proposals(data, "upscale", proposals, count, 1e-4 * 160)
+
+
+def test_box_head_on_fixed_rois(data, model64, model32):
+    """Box head logits/deltas on fixed RoIs (all four levels, a sub-pixel RoI)."""
+    rois = data["upscale/fixed_rois"]
+    pyramid = _pyramid(data, "upscale")
+    logits, deltas = model64.box_head([p[:1] for p in pyramid], tf.constant(rois[None]))
+    np.testing.assert_allclose(logits[0].numpy(), data["upscale/fixed_logits"], rtol=0,
+                               atol=1e-8)
+    np.testing.assert_allclose(deltas[0].numpy().reshape(len(rois), -1),
+                               data["upscale/fixed_deltas"], rtol=0, atol=1e-8)
+    logits32, _ = model32.box_head([tf.cast(p[:1], tf.float32) for p in pyramid],
+                                   tf.constant(rois[None], tf.float32))
+    _close32(logits32[0].numpy(), data["upscale/fixed_logits"])
+
+
+def _check_detections(data, case, out, atol, score_atol):
+    for i in range(out["boxes"].shape[0]):
+        expected = data[f"{case}/det_boxes_{i}"]
+        n = len(expected)
+        assert int(out["num_detections"][i]) == n
+        np.testing.assert_allclose(out["boxes"][i, :n].numpy(), _xyxy_to_yxyx(expected),
+                                   rtol=0, atol=atol)
+        np.testing.assert_allclose(out["scores"][i, :n].numpy(), data[f"{case}/det_scores_{i}"],
+                                   rtol=0, atol=score_atol)
+        np.testing.assert_array_equal(out["classes"][i, :n].numpy(),
+                                      data[f"{case}/det_labels_{i}"])
+        assert not np.any(out["boxes"][i, n:].numpy())
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_detections_float64(data, model64, case):
+    """End to end from the input images: torchvision's detections, boxes within 1e-6 px."""
+    out = model64(_images(data, case))
+    _check_detections(data, case, out, 1e-6, 1e-10)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_detections_float32(data, model32, case):
+    out = model32(_images(data, case).astype(np.float32))
+    _check_detections(data, case, out, 1e-4 * 200, 1e-4)  # boxes: 1e-4 of the image size

@@ -178,6 +178,12 @@ def greedy_nms(boxes, scores, valid, groups, iou_threshold, max_output_size):
         >>> keep.numpy(), n.numpy()
         (array([[0, 2, 0]], dtype=int32), array([2], dtype=int32))
     """
+    return _greedy_nms(boxes, scores, valid, groups, float(iou_threshold), int(max_output_size))
+
+
+@tf.function(reduce_retracing=True)
+def _greedy_nms(boxes, scores, valid, groups, iou_threshold, max_output_size):
+    # a tf.function: eagerly, tf.while_loop would run its body as a Python loop
     with tf.name_scope("greedy_nms"):
         dtype = boxes.dtype
         neg_inf = tf.constant(-np.inf, dtype)
@@ -465,12 +471,19 @@ class TorchvisionFasterRCNN(keras.Model):
                 tf.where(mask, tf.gather(scores, keep, batch_dims=1), 0.0),
                 tf.where(mask, tf.gather(labels, keep, batch_dims=1), 0), num)
 
-    def call(self, images):
+    def stages(self, images):
+        """The whole forward pass, returning every stage's output (for checking a port).
+
+        Returns:
+            dict with `transformed`, `image_size`, `features`, `objectness`, `deltas`,
+            `anchors` (as `proposals`), `proposals` `[B, P, 4]` xyxy, `num_proposals`, and the
+            outputs of `call` (`boxes`, `scores`, `classes`, `num_detections`).
+        """
         x, image_hw = self.preprocess(images)
         features = self.features(x)
-        *_, rois, count = self.proposals(x, features, image_hw)
-        logits, deltas = self.box_head(features, rois)
-        boxes, scores, labels, num = self.postprocess(logits, deltas, rois, count, image_hw)
+        objectness, deltas, anchors, rois, count = self.proposals(x, features, image_hw)
+        logits, box_deltas = self.box_head(features, rois)
+        boxes, scores, labels, num = self.postprocess(logits, box_deltas, rois, count, image_hw)
         # torchvision's resize_boxes: ratios in float32, then in the boxes' dtype
         shape = tf.shape(images)
         ratio_h = tf.cast(tf.cast(shape[1], tf.float32) / tf.cast(image_hw[0], tf.float32),
@@ -479,7 +492,14 @@ class TorchvisionFasterRCNN(keras.Model):
                           boxes.dtype)
         x1, y1, x2, y2 = tf.unstack(boxes, 4, axis=-1)
         boxes = tf.stack([y1 * ratio_h, x1 * ratio_w, y2 * ratio_h, x2 * ratio_w], axis=-1)
-        return {"boxes": boxes, "scores": scores, "classes": labels, "num_detections": num}
+        return {"transformed": x, "image_size": image_hw, "features": features,
+                "objectness": objectness, "deltas": deltas, "anchors": anchors,
+                "proposals": rois, "num_proposals": count, "boxes": boxes, "scores": scores,
+                "classes": labels, "num_detections": num}
+
+    def call(self, images):
+        out = self.stages(images)
+        return {k: out[k] for k in ("boxes", "scores", "classes", "num_detections")}
 
     # === Weights ===
 

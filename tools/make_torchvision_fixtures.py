@@ -53,7 +53,8 @@ CASES = {  # name: (batch, height, width, min_size, max_size)
     "noresize": (1, 128, 150, 128, 160),  # scale 1: only padded to 128 x 160
     "downscale": (1, 200, 130, 128, 160),  # scale 0.8 -> 160 x 104
 }
-FULL_CASES = {"full": (1, 150, 200, 160, 200)}
+FULL_CASES = {"full": (1, 150, 200, 160, 200),  # scale 1
+              "fullresize": (1, 120, 180, 160, 200)}  # scale 10/9 -> 133 x 200
 
 
 def _narrow_resnet50(norm_layer):
@@ -209,7 +210,7 @@ def main():
         model.transform.min_size, model.transform.max_size = (min_size,), max_size
         images = rng.integers(0, 256, (b, h, w, 3), dtype=np.uint8)
         images[:, h // 4: h // 2, w // 4: w // 2] //= 5  # some structure for the detector
-        run_case(model, name, images, rng, arrays, stages=name in ("upscale", "full"))
+        run_case(model, name, images, rng, arrays, stages=name in ("upscale", "fullresize"))
     out = args.full or OUT
     np.savez_compressed(out, **arrays)
     print(out, os.path.getsize(out) // 1024, "kB,", torch.__version__, torchvision.__version__)

@@ -151,13 +151,10 @@ def torchvision_resnet(blocks_per_stage=(3, 4, 6, 3), stem_filters=64,
     return keras.Model(inputs, outputs, name=name)
 
 
-def _torch_conv_kernel(w):
-    """PyTorch `[out, in, kh, kw]` -> Keras `[kh, kw, in, out]`."""
-    return np.transpose(np.asarray(w), (2, 3, 1, 0))
-
-
 def resnet_weight_map(model, prefix=""):
-    """`{torchvision key: (keras variable, converter)}` for a `torchvision_resnet` model.
+    """`{torchvision key: (keras variable, kind)}` for a `torchvision_resnet` model.
+
+    `kind` is "conv" (PyTorch `[out, in, kh, kw]` vs Keras `[kh, kw, in, out]`) or "vector".
 
     Args:
         model: a model from `torchvision_resnet` (or a model containing its layers by name).
@@ -169,12 +166,12 @@ def resnet_weight_map(model, prefix=""):
     for layer in model.layers:
         key = prefix + layer.name.replace("_", ".")
         if isinstance(layer, keras.layers.Conv2D):
-            mapping[key + ".weight"] = (layer.kernel, _torch_conv_kernel)
+            mapping[key + ".weight"] = (layer.kernel, "conv")
             if layer.use_bias:
-                mapping[key + ".bias"] = (layer.bias, np.asarray)
+                mapping[key + ".bias"] = (layer.bias, "vector")
         elif isinstance(layer, FrozenBatchNormalization):
             for torch_name, attr in bn_keys:
-                mapping[f"{key}.{torch_name}"] = (getattr(layer, attr), np.asarray)
+                mapping[f"{key}.{torch_name}"] = (getattr(layer, attr), "vector")
     return mapping
 
 

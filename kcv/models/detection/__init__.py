@@ -18,3 +18,7 @@ from kcv.models.detection.roi_heads import (
 )
 from kcv.models.detection.rpn import RPNHead, generate_proposals, rpn_loss, rpn_targets
 from kcv.models.detection.sampler import BalancedPositiveNegativeSampler, first_true_indices
+from kcv.models.detection.torchvision_port import (
+    TorchvisionFasterRCNN,
+    faster_rcnn_from_torchvision,
+)

@@ -384,6 +384,7 @@ class TorchvisionFasterRCNN(keras.Model):
                              (self.cls_score, representation_size),
                              (self.bbox_pred, representation_size)):
             layer.build((None, width))
+        self.built = True  # every weight exists now (any input size)
 
     # === Stages (public for tests and for inspecting a port) ===
 
@@ -504,31 +505,45 @@ class TorchvisionFasterRCNN(keras.Model):
     # === Weights ===
 
     def weight_map(self):
-        """`{torchvision key: (variable, converter)}` of every weight (torchvision's new names)."""
+        """`{torchvision key: (variable, kind)}` of every weight (torchvision's new key names).
+
+        `kind`: "conv" (`[out, in, kh, kw]` <-> `[kh, kw, in, out]`), "dense" (`[out, in]` <->
+        `[in, out]`), "roi_dense" (the first FC after RoIAlign: inputs `C x 7 x 7` in NCHW
+        order <-> `7 x 7 x C`) or "vector".
+        """
         mapping = resnet_weight_map(self.body, "backbone.body.")
-        conv = _torch_conv_kernel
         for i, (lateral, output) in enumerate(zip(self.fpn.lateral_convs,
                                                   self.fpn.output_convs)):
             for block, layer in (("inner_blocks", lateral), ("layer_blocks", output)):
-                mapping[f"backbone.fpn.{block}.{i}.0.weight"] = (layer.kernel, conv)
-                mapping[f"backbone.fpn.{block}.{i}.0.bias"] = (layer.bias, np.asarray)
+                mapping[f"backbone.fpn.{block}.{i}.0.weight"] = (layer.kernel, "conv")
+                mapping[f"backbone.fpn.{block}.{i}.0.bias"] = (layer.bias, "vector")
         head = self.rpn_head
-        for i, layer in enumerate(head.convs):
-            mapping[f"rpn.head.conv.{i}.0.weight"] = (layer.kernel, conv)
-            mapping[f"rpn.head.conv.{i}.0.bias"] = (layer.bias, np.asarray)
-        for name, layer in (("cls_logits", head.cls_logits), ("bbox_pred", head.bbox_pred)):
-            mapping[f"rpn.head.{name}.weight"] = (layer.kernel, conv)
-            mapping[f"rpn.head.{name}.bias"] = (layer.bias, np.asarray)
-        channels = self.fpn_filters
-        mapping["roi_heads.box_head.fc6.weight"] = (
-            self.fc6.kernel, lambda w: _chw_dense_kernel(w, channels, _ROI_OUTPUT))
-        for key, layer in (("box_head.fc6", self.fc6), ("box_head.fc7", self.fc7),
-                           ("box_predictor.cls_score", self.cls_score),
-                           ("box_predictor.bbox_pred", self.bbox_pred)):
-            if key != "box_head.fc6":
-                mapping[f"roi_heads.{key}.weight"] = (layer.kernel, _dense_kernel)
-            mapping[f"roi_heads.{key}.bias"] = (layer.bias, np.asarray)
+        convs = [(f"rpn.head.conv.{i}.0", layer) for i, layer in enumerate(head.convs)]
+        for key, layer in convs + [("rpn.head.cls_logits", head.cls_logits),
+                                   ("rpn.head.bbox_pred", head.bbox_pred)]:
+            mapping[f"{key}.weight"] = (layer.kernel, "conv")
+            mapping[f"{key}.bias"] = (layer.bias, "vector")
+        for key, layer, kind in (("box_head.fc6", self.fc6, "roi_dense"),
+                                 ("box_head.fc7", self.fc7, "dense"),
+                                 ("box_predictor.cls_score", self.cls_score, "dense"),
+                                 ("box_predictor.bbox_pred", self.bbox_pred, "dense")):
+            mapping[f"roi_heads.{key}.weight"] = (layer.kernel, kind)
+            mapping[f"roi_heads.{key}.bias"] = (layer.bias, "vector")
         return mapping
+
+    def _convert(self, value, kind, to_keras):
+        if kind == "conv":
+            return np.transpose(value, (2, 3, 1, 0) if to_keras else (3, 2, 0, 1))
+        if kind == "dense":
+            return np.transpose(value)
+        if kind == "roi_dense":
+            c, s = self.fpn_filters, _ROI_OUTPUT
+            if to_keras:  # [out, C * 7 * 7] (c, h, w) -> [7 * 7 * C (h, w, c), out]
+                w = np.reshape(value, (value.shape[0], c, s, s))
+                return np.reshape(np.transpose(w, (2, 3, 1, 0)), (s * s * c, -1))
+            w = np.reshape(value, (s, s, c, value.shape[-1]))
+            return np.reshape(np.transpose(w, (3, 2, 0, 1)), (value.shape[-1], -1))
+        return value
 
     def load_torchvision_state_dict(self, state_dict):
         """Assigns a torchvision state dict (either key layout); unused/missing keys raise."""
@@ -541,12 +556,18 @@ class TorchvisionFasterRCNN(keras.Model):
                 f"The state dict does not match torchvision's {self.architecture}. "
                 f"Missing keys ({len(missing)}): {missing}. Unused keys ({len(unused)}): "
                 f"{unused}")
-        for key, (variable, convert) in mapping.items():
-            value = convert(_to_numpy(state_dict[key]))
-            if tuple(value.shape) != tuple(variable.shape):
-                raise ValueError(f"`{key}` has shape {np.shape(state_dict[key])} (as Keras "
-                                 f"{value.shape}); the model expects {tuple(variable.shape)}")
-            variable.assign(value.astype(variable.dtype))
+        for key, (variable, kind) in mapping.items():
+            value = _to_numpy(state_dict[key])
+            expected = self._convert(np.zeros(variable.shape), kind, to_keras=False).shape
+            if value.shape != expected:
+                raise ValueError(f"`{key}` has shape {value.shape}; the model expects "
+                                 f"{expected} (torchvision layout)")
+            variable.assign(self._convert(value, kind, to_keras=True).astype(variable.dtype))
+
+    def torchvision_state_dict(self):
+        """The weights as a torchvision state dict `{key: NumPy array}` (new key layout)."""
+        return {key: self._convert(np.asarray(variable.numpy()), kind, to_keras=False)
+                for key, (variable, kind) in self.weight_map().items()}
 
     # === Config ===
 
@@ -565,21 +586,6 @@ class TorchvisionFasterRCNN(keras.Model):
             "box_score_thresh": self.box_score_thresh, "box_nms_thresh": self.box_nms_thresh,
             "box_detections_per_img": self.box_detections_per_img,
         }
-
-
-def _torch_conv_kernel(w):
-    return np.transpose(w, (2, 3, 1, 0))
-
-
-def _dense_kernel(w):
-    return np.transpose(w)
-
-
-def _chw_dense_kernel(w, channels, size):
-    """The first FC after RoIAlign: inputs `C x 7 x 7` (NCHW flatten) -> `7 x 7 x C` (NHWC)."""
-    out = w.shape[0]
-    w = np.reshape(w, (out, channels, size, size))
-    return np.reshape(np.transpose(w, (2, 3, 1, 0)), (size * size * channels, out))
 
 
 def _to_numpy(value):
@@ -672,13 +678,16 @@ def faster_rcnn_from_torchvision(state_dict, architecture="fasterrcnn_resnet50_f
         A built `TorchvisionFasterRCNN`.
 
     Example:
-        >>> import numpy as np
-        >>> path = "tests/fixtures/torchvision_fasterrcnn_v1.npz"
-        >>> sd = {k[3:]: v for k, v in np.load(path).items() if k.startswith("sd/")}
-        >>> model = faster_rcnn_from_torchvision(sd, min_size=128, max_size=160)
-        >>> out = model(np.zeros((1, 96, 120, 3), "float32"))
+        >>> tiny = TorchvisionFasterRCNN(num_classes=3, blocks_per_stage=(1, 1, 1, 1),
+        ...                              stem_filters=8, stage_widths=(4, 8, 16, 32),
+        ...                              fpn_filters=8, representation_size=16)
+        >>> sd = tiny.torchvision_state_dict()  # a torchvision-layout state dict
+        >>> sd["roi_heads.box_head.fc6.weight"].shape  # inputs C x 7 x 7, as torchvision
+        (16, 392)
+        >>> model = faster_rcnn_from_torchvision(sd, min_size=64, max_size=96)
+        >>> out = model(np.random.default_rng(0).uniform(size=(1, 48, 64, 3)))
         >>> tuple(out["boxes"].shape), model.num_classes
-        ((1, 100, 4), 5)
+        ((1, 100, 4), 3)
 
     Reference:
         torchvision.models.detection.fasterrcnn_resnet50_fpn (torchvision 0.29).

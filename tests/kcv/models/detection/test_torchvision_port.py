@@ -277,3 +277,30 @@ def test_resize_bilinear_matches_pytorch_by_hand():
     out = resize_bilinear(x, (1, 5))[0, 0, :, 0].numpy()
     src = np.clip((np.arange(5) + 0.5) * 0.4 - 0.5, 0, None)
     np.testing.assert_allclose(out, 1.0 + 2.0 * np.minimum(src, 1.0), rtol=1e-15)
+
+
+def test_cli_converts_to_a_keras_file(data, tmp_path, capsys):
+    """`kcv convert-torchvision` -> .keras; the reloaded model gives torchvision's detections."""
+    import keras
+
+    from kcv.cli import main
+
+    checkpoint = tmp_path / "sd.npz"
+    np.savez(checkpoint, **_state_dict(data))
+    out = tmp_path / "frcnn.keras"
+    assert main(["convert-torchvision", str(checkpoint), str(out), "--dtype", "float64",
+                 "--min-size", "128", "--max-size", "160"]) == 0
+    assert '"num_classes": 5' in capsys.readouterr().out
+    model = keras.saving.load_model(out, compile=False)
+    _check_detections(data, "noresize", model(_images(data, "noresize")), 1e-6, 1e-10)
+    assert main(["convert-torchvision", str(checkpoint), str(tmp_path / "x.h5")]) == 1
+    assert "must end with .keras or .weights.h5" in capsys.readouterr().err
+
+
+def test_torchvision_state_dict_round_trip(data, model32):
+    """Keras -> torchvision layouts give back the checkpoint's arrays (and only its keys)."""
+    sd = _state_dict(data)
+    back = model32.torchvision_state_dict()
+    assert sorted(back) == sorted(sd)
+    for key, value in sd.items():
+        np.testing.assert_array_equal(back[key], value, err_msg=key)

@@ -6,6 +6,7 @@ Used by tests/kcv/models/detection/test_torchvision_port.py.
 Needs torch + torchvision (never kcv dependencies). Rerun in a side environment:
     python3 -m venv /tmp/torchenv && /tmp/torchenv/bin/pip install torch torchvision numpy
     /tmp/torchenv/bin/python tools/make_torchvision_fixtures.py
+    /tmp/torchenv/bin/python tools/make_torchvision_fixtures.py --v2  # ..._v2.npz
 (checked with torch 2.14.1 / torchvision 0.29.1). `--full OUT.npz` instead writes the state dict
 of the full-size `fasterrcnn_resnet50_fpn` (random weights, ~170 MB, not committed) with the
 same stage outputs, for a local check of the full architecture:
@@ -41,18 +42,26 @@ import torchvision
 from torchvision.models import resnet
 from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
-from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.faster_rcnn import (
+    FastRCNNConvFCHead,
+    FastRCNNPredictor,
+    TwoMLPHead,
+)
+from torchvision.models.detection.rpn import RPNHead
 from torchvision.ops import misc as misc_nn_ops
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-OUT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests",
-                   "fixtures", "torchvision_fasterrcnn_v1.npz")
+FIXTURES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests",
+                        "fixtures")
+OUT = os.path.join(FIXTURES, "torchvision_fasterrcnn_v1.npz")
+OUT_V2 = os.path.join(FIXTURES, "torchvision_fasterrcnn_v2.npz")
 RETURN_LAYERS = {"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"}
 CASES = {  # name: (batch, height, width, min_size, max_size)
     "upscale": (2, 96, 120, 128, 160),  # scale 4/3 -> 128 x 160
     "noresize": (1, 128, 150, 128, 160),  # scale 1: only padded to 128 x 160
     "downscale": (1, 200, 130, 128, 160),  # scale 0.8 -> 160 x 104
 }
+V2_CASES = {"downscale": CASES["downscale"], "noresize": CASES["noresize"]}
 FULL_CASES = {"full": (1, 150, 200, 160, 200),  # scale 1
               "fullresize": (1, 120, 180, 160, 200)}  # scale 10/9 -> 133 x 200
 
@@ -136,6 +145,39 @@ def build_narrow(rng):
     return model
 
 
+def _random_bn_stats(module, rng):
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                n = m.num_features
+                m.running_mean.copy_(torch.from_numpy(rng.normal(0, 0.1, n)).float())
+                m.running_var.copy_(torch.from_numpy(rng.uniform(0.5, 1.5, n)).float())
+                m.weight.copy_(torch.from_numpy(rng.uniform(0.5, 1.5, n)).float())
+                m.bias.copy_(torch.from_numpy(rng.normal(0, 0.1, n)).float())
+
+
+def build_narrow_v2(rng):
+    """`fasterrcnn_resnet50_fpn_v2`'s structure, narrow: BatchNorm2d (eval, eps 1e-5)
+    everywhere, FPN convs + BN, a two-conv RPN head, the four-conv + one-FC box head."""
+    body = _narrow_resnet50(torch.nn.BatchNorm2d)
+    _calibrate(body, rng)
+    backbone = BackboneWithFPN(body, RETURN_LAYERS, [32, 64, 128, 256], 32,
+                               extra_blocks=LastLevelMaxPool(), norm_layer=torch.nn.BatchNorm2d)
+    box_head = FastRCNNConvFCHead((32, 7, 7), [32, 32, 32, 32], [64],
+                                  norm_layer=torch.nn.BatchNorm2d)
+    _random_bn_stats(backbone.fpn, rng)
+    _random_bn_stats(box_head, rng)
+    model = FasterRCNN(backbone, num_classes=None, min_size=128, max_size=160,
+                       rpn_head=RPNHead(32, 3, conv_depth=2), box_head=box_head,
+                       box_predictor=FastRCNNPredictor(64, 5))
+    _randomise_heads(model, rng)
+    with torch.no_grad():  # BN after the FPN convs: scale its output instead of the weights
+        for block in model.backbone.fpn.inner_blocks:
+            block[1].weight.mul_(0.05)
+            block[1].bias.mul_(0.05)
+    return model
+
+
 def build_full(rng):
     model = torchvision.models.detection.fasterrcnn_resnet50_fpn(
         weights=None, weights_backbone=None, num_classes=91, min_size=160, max_size=200)
@@ -197,21 +239,27 @@ def run_case(model, name, images_u8, rng, arrays, stages):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--full", help="write the full-size model's fixture here instead")
+    parser.add_argument("--v2", action="store_true",
+                        help="the v2 architecture (tests/fixtures/torchvision_fasterrcnn_v2.npz)")
     args = parser.parse_args()
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
-    model = build_full(rng) if args.full else build_narrow(rng)
+    if args.full:
+        model = build_full(rng)
+    else:
+        model = build_narrow_v2(rng) if args.v2 else build_narrow(rng)
     model.eval()
     arrays = {f"sd/{k}": v.numpy().astype(np.float32) for k, v in model.state_dict().items()
               if v.dtype.is_floating_point}
     model.double()
-    cases = FULL_CASES if args.full else CASES
+    cases = FULL_CASES if args.full else V2_CASES if args.v2 else CASES
     for name, (b, h, w, min_size, max_size) in cases.items():
         model.transform.min_size, model.transform.max_size = (min_size,), max_size
         images = rng.integers(0, 256, (b, h, w, 3), dtype=np.uint8)
         images[:, h // 4: h // 2, w // 4: w // 2] //= 5  # some structure for the detector
-        run_case(model, name, images, rng, arrays, stages=name in ("upscale", "fullresize"))
-    out = args.full or OUT
+        stages = name in ("upscale", "fullresize") or (args.v2 and name == "downscale")
+        run_case(model, name, images, rng, arrays, stages=stages)
+    out = args.full or (OUT_V2 if args.v2 else OUT)
     np.savez_compressed(out, **arrays)
     print(out, os.path.getsize(out) // 1024, "kB,", torch.__version__, torchvision.__version__)
 

@@ -1,4 +1,4 @@
-"""torchvision's Faster R-CNN (`fasterrcnn_resnet50_fpn`) in Keras, loading its state dicts.
+"""torchvision's Faster R-CNN (`fasterrcnn_resnet50_fpn` and `_v2`) in Keras, from its state dicts.
 
 `faster_rcnn_from_torchvision` builds `TorchvisionFasterRCNN` from a torchvision checkpoint and
 reproduces torchvision's inference stage by stage (checked against torchvision 0.29.1 in float64
@@ -37,15 +37,18 @@ import numpy as np
 import tensorflow as tf
 
 from kcv.models.backbones.torchvision_resnet import (
+    FrozenBatchNormalization,
     resnet_config_from_state_dict,
     resnet_weight_map,
     torchvision_resnet,
 )
 from kcv.models.detection.anchors import AnchorGenerator
-from kcv.models.detection.fpn import FPN
+from kcv.models.detection.fpn import FPN, _upsample_nearest
 from kcv.models.detection.rpn import RPNHead
 
-ARCHITECTURES = ("fasterrcnn_resnet50_fpn",)
+ARCHITECTURES = ("fasterrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn_v2")
+_NORM_EPSILON = {"fasterrcnn_resnet50_fpn": 0.0,  # torchvision overwrites it for COCO_V1
+                 "fasterrcnn_resnet50_fpn_v2": 1e-5}  # BatchNorm2d's default
 _ANCHOR_SIZES = ((32,), (64,), (128,), (256,), (512,))
 _ASPECT_RATIOS = (0.5, 1.0, 2.0)
 _RPN_WEIGHTS = (1.0, 1.0, 1.0, 1.0)
@@ -303,21 +306,93 @@ def multiscale_roi_align(features, boxes, box_indices, output_size=_ROI_OUTPUT,
 
 
 @keras.saving.register_keras_serializable(package="kcv")
+class NormalizedFPN(keras.layers.Layer):
+    """torchvision's `FeaturePyramidNetwork(norm_layer=BatchNorm2d)` of the v2 Faster R-CNN.
+
+    kcv's `FPN` with every convolution bias-free and followed by batch normalization (eval
+    mode, `FrozenBatchNormalization(epsilon)`), no activation; P6 is `LastLevelMaxPool`.
+
+    Args:
+        filters: output channels (256).
+        epsilon: batch-norm epsilon (1e-5).
+        **kwargs: base `Layer` arguments.
+
+    Call arguments:
+        inputs: list of maps `[B, H_l, W_l, C_l]`, finest first (C2..C5).
+
+    Returns:
+        list of `[B, H_l, W_l, filters]` (P2..P5) and P6.
+
+    Example:
+        >>> fpn = NormalizedFPN(8)
+        >>> [tuple(o.shape) for o in fpn([tf.zeros([1, 8, 8, 4]), tf.zeros([1, 4, 4, 6])])]
+        [(1, 8, 8, 8), (1, 4, 4, 8), (1, 2, 2, 8)]
+
+    Reference:
+        Li et al., "Benchmarking Detection Transfer Learning with Vision Transformers", 2021;
+        torchvision.ops.FeaturePyramidNetwork.
+    """
+
+    def __init__(self, filters=256, epsilon=1e-5, **kwargs):
+        super().__init__(**kwargs)
+        self.filters = filters
+        self.epsilon = epsilon
+
+    def build(self, input_shape):
+        self.lateral_convs, self.lateral_norms = [], []
+        self.output_convs, self.output_norms = [], []
+        for i, shape in enumerate(input_shape):
+            for kind, kernel, channels in (("lateral", 1, shape[-1]),
+                                           ("output", 3, self.filters)):
+                conv = keras.layers.Conv2D(self.filters, kernel, padding="same", use_bias=False,
+                                           dtype=self.dtype_policy, name=f"{kind}_{i}")
+                norm = FrozenBatchNormalization(self.epsilon, dtype=self.dtype_policy,
+                                                name=f"{kind}_norm_{i}")
+                conv.build((None, None, None, channels))
+                norm.build((None, None, None, self.filters))
+                getattr(self, f"{kind}_convs").append(conv)
+                getattr(self, f"{kind}_norms").append(norm)
+
+    def _lateral(self, i, x):
+        return self.lateral_norms[i](self.lateral_convs[i](x))
+
+    def _output(self, i, x):
+        return self.output_norms[i](self.output_convs[i](x))
+
+    def call(self, inputs):
+        inner = self._lateral(len(inputs) - 1, inputs[-1])
+        results = [self._output(len(inputs) - 1, inner)]
+        for i in range(len(inputs) - 2, -1, -1):
+            lateral = self._lateral(i, inputs[i])
+            inner = lateral + _upsample_nearest(inner, tf.shape(lateral)[1:3])
+            results.insert(0, self._output(i, inner))
+        results.append(results[-1][:, ::2, ::2, :])  # max_pool2d(kernel 1, stride 2)
+        return results
+
+    def get_config(self):
+        return {**super().get_config(), "filters": self.filters, "epsilon": self.epsilon}
+
+
+@keras.saving.register_keras_serializable(package="kcv")
 class TorchvisionFasterRCNN(keras.Model):
-    """torchvision's `fasterrcnn_resnet50_fpn` for inference (build it with
+    """torchvision's `fasterrcnn_resnet50_fpn` (v1) or `_v2` for inference (build it with
     `faster_rcnn_from_torchvision`).
 
     Args:
         num_classes: torchvision's `num_classes` (with background: 91 for COCO).
         blocks_per_stage, stem_filters, stage_widths, expansion: the ResNet
             (`torchvision_resnet`; ResNet-50 by default).
-        norm_epsilon: FrozenBatchNorm epsilon (0.0: the v1 COCO weights).
-        fpn_filters: FPN channels (256); representation_size: MLP head width (1024).
+        norm_epsilon: batch-norm epsilon; None: 0.0 for v1 (torchvision overwrites it for the
+            COCO_V1 weights), 1e-5 for v2.
+        fpn_filters: FPN channels (256); representation_size: width of the box head's FCs
+            (1024); box_head_conv_filters: v2's box-head convolutions (256; unused by v1).
         min_size, max_size, image_mean, image_std, rpn_pre_nms_top_n_test,
             rpn_post_nms_top_n_test, rpn_nms_thresh, rpn_score_thresh, box_score_thresh,
             box_nms_thresh, box_detections_per_img: torchvision's `FasterRCNN` arguments,
             with its defaults (`min_size` a single int: the test-time size).
-        architecture: "fasterrcnn_resnet50_fpn".
+        architecture: "fasterrcnn_resnet50_fpn" (v1: FrozenBatchNorm backbone, plain FPN,
+            one-conv RPN head, `TwoMLPHead`) or "fasterrcnn_resnet50_fpn_v2" (batch norm in the
+            FPN (`NormalizedFPN`), two-conv RPN head, `FastRCNNConvFCHead`).
         **kwargs: base `Model` arguments (`dtype="float64"` builds every layer in float64).
 
     Call arguments:
@@ -334,8 +409,8 @@ class TorchvisionFasterRCNN(keras.Model):
     """
 
     def __init__(self, num_classes=91, blocks_per_stage=(3, 4, 6, 3), stem_filters=64,
-                 stage_widths=(64, 128, 256, 512), expansion=4, norm_epsilon=0.0,
-                 fpn_filters=256, representation_size=1024,
+                 stage_widths=(64, 128, 256, 512), expansion=4, norm_epsilon=None,
+                 fpn_filters=256, representation_size=1024, box_head_conv_filters=256,
                  architecture="fasterrcnn_resnet50_fpn", min_size=800, max_size=1333,
                  image_mean=(0.485, 0.456, 0.406), image_std=(0.229, 0.224, 0.225),
                  rpn_pre_nms_top_n_test=1000, rpn_post_nms_top_n_test=1000, rpn_nms_thresh=0.7,
@@ -352,6 +427,9 @@ class TorchvisionFasterRCNN(keras.Model):
         self.stage_widths = tuple(stage_widths)
         self.expansion = expansion
         self.norm_epsilon = norm_epsilon
+        self.box_head_conv_filters = box_head_conv_filters
+        self.v2 = architecture == "fasterrcnn_resnet50_fpn_v2"
+        epsilon = _NORM_EPSILON[architecture] if norm_epsilon is None else norm_epsilon
         self.fpn_filters = fpn_filters
         self.representation_size = representation_size
         self.min_size, self.max_size = min_size, max_size
@@ -365,25 +443,43 @@ class TorchvisionFasterRCNN(keras.Model):
         self.box_detections_per_img = box_detections_per_img
         dtype = self.dtype_policy
         self.body = torchvision_resnet(self.blocks_per_stage, stem_filters, self.stage_widths,
-                                       expansion, norm_epsilon, dtype=self.compute_dtype,
+                                       expansion, epsilon, dtype=self.compute_dtype,
                                        name="body")
-        self.fpn = FPN(fpn_filters, extra_max_pool=True, dtype=dtype, name="fpn")
+        if self.v2:
+            self.fpn = NormalizedFPN(fpn_filters, epsilon, dtype=dtype, name="fpn")
+        else:
+            self.fpn = FPN(fpn_filters, extra_max_pool=True, dtype=dtype, name="fpn")
         self.fpn.build([tuple(o.shape) for o in self.body.outputs])
         self.anchor_generator = AnchorGenerator(_ANCHOR_SIZES, _ASPECT_RATIOS,
                                                 name="anchor_generator")
-        self.rpn_head = RPNHead(len(_ASPECT_RATIOS), conv_depth=1, dtype=dtype, name="rpn_head")
+        self.rpn_head = RPNHead(len(_ASPECT_RATIOS), conv_depth=2 if self.v2 else 1, dtype=dtype,
+                                name="rpn_head")
         self.rpn_head.build([(None, None, None, fpn_filters)] * len(_ANCHOR_SIZES))
-        flat = fpn_filters * _ROI_OUTPUT * _ROI_OUTPUT
+        # v1: TwoMLPHead (fc6, fc7); v2: FastRCNNConvFCHead (4 x conv-BN-ReLU, one FC)
+        self.box_convs = []
+        channels = fpn_filters
+        if self.v2:
+            for i in range(4):
+                conv = keras.layers.Conv2D(box_head_conv_filters, 3, padding="same",
+                                           use_bias=False, dtype=dtype, name=f"box_conv_{i}")
+                norm = FrozenBatchNormalization(epsilon, dtype=dtype, name=f"box_norm_{i}")
+                conv.build((None, _ROI_OUTPUT, _ROI_OUTPUT, channels))
+                norm.build((None, _ROI_OUTPUT, _ROI_OUTPUT, box_head_conv_filters))
+                self.box_convs.append((conv, norm))
+                channels = box_head_conv_filters
+        self.box_head_channels = channels
+        flat = channels * _ROI_OUTPUT * _ROI_OUTPUT
         self.fc6 = keras.layers.Dense(representation_size, activation="relu", dtype=dtype,
                                       name="fc6")
-        self.fc7 = keras.layers.Dense(representation_size, activation="relu", dtype=dtype,
-                                      name="fc7")
+        self.fc7 = None if self.v2 else keras.layers.Dense(
+            representation_size, activation="relu", dtype=dtype, name="fc7")
         self.cls_score = keras.layers.Dense(num_classes, dtype=dtype, name="cls_score")
         self.bbox_pred = keras.layers.Dense(num_classes * 4, dtype=dtype, name="bbox_pred")
         for layer, width in ((self.fc6, flat), (self.fc7, representation_size),
                              (self.cls_score, representation_size),
                              (self.bbox_pred, representation_size)):
-            layer.build((None, width))
+            if layer is not None:
+                layer.build((None, width))
         self.built = True  # every weight exists now (any input size)
 
     # === Stages (public for tests and for inspecting a port) ===
@@ -443,8 +539,11 @@ class TorchvisionFasterRCNN(keras.Model):
         batch, num = tf.shape(rois)[0], tf.shape(rois)[1]
         flat = tf.reshape(rois, [-1, 4])
         pooled = multiscale_roi_align(features[:4], flat, tf.repeat(tf.range(batch), num))
-        x = tf.reshape(pooled, [-1, self.fpn_filters * _ROI_OUTPUT * _ROI_OUTPUT])
-        x = self.fc7(self.fc6(x))
+        for conv, norm in self.box_convs:
+            pooled = tf.nn.relu(norm(conv(pooled)))
+        x = self.fc6(tf.reshape(pooled, [-1, self.box_head_channels * _ROI_OUTPUT ** 2]))
+        if self.fc7 is not None:
+            x = self.fc7(x)
         logits = tf.reshape(self.cls_score(x), [batch, num, self.num_classes])
         deltas = tf.reshape(self.bbox_pred(x), [batch, num, self.num_classes, 4])
         return logits, deltas
@@ -516,17 +615,28 @@ class TorchvisionFasterRCNN(keras.Model):
                                                   self.fpn.output_convs)):
             for block, layer in (("inner_blocks", lateral), ("layer_blocks", output)):
                 mapping[f"backbone.fpn.{block}.{i}.0.weight"] = (layer.kernel, "conv")
-                mapping[f"backbone.fpn.{block}.{i}.0.bias"] = (layer.bias, "vector")
+                if layer.use_bias:
+                    mapping[f"backbone.fpn.{block}.{i}.0.bias"] = (layer.bias, "vector")
+            if self.v2:
+                for block, norm in (("inner_blocks", self.fpn.lateral_norms[i]),
+                                    ("layer_blocks", self.fpn.output_norms[i])):
+                    mapping.update(_bn_map(f"backbone.fpn.{block}.{i}.1", norm))
         head = self.rpn_head
         convs = [(f"rpn.head.conv.{i}.0", layer) for i, layer in enumerate(head.convs)]
         for key, layer in convs + [("rpn.head.cls_logits", head.cls_logits),
                                    ("rpn.head.bbox_pred", head.bbox_pred)]:
             mapping[f"{key}.weight"] = (layer.kernel, "conv")
             mapping[f"{key}.bias"] = (layer.bias, "vector")
-        for key, layer, kind in (("box_head.fc6", self.fc6, "roi_dense"),
-                                 ("box_head.fc7", self.fc7, "dense"),
-                                 ("box_predictor.cls_score", self.cls_score, "dense"),
-                                 ("box_predictor.bbox_pred", self.bbox_pred, "dense")):
+        for i, (conv, norm) in enumerate(self.box_convs):
+            mapping[f"roi_heads.box_head.{i}.0.weight"] = (conv.kernel, "conv")
+            mapping.update(_bn_map(f"roi_heads.box_head.{i}.1", norm))
+        fc6 = "box_head.5" if self.v2 else "box_head.fc6"  # v2: index 4 is the Flatten
+        dense = [(fc6, self.fc6, "roi_dense"), ("box_predictor.cls_score", self.cls_score,
+                                                "dense"),
+                 ("box_predictor.bbox_pred", self.bbox_pred, "dense")]
+        if self.fc7 is not None:
+            dense.insert(1, ("box_head.fc7", self.fc7, "dense"))
+        for key, layer, kind in dense:
             mapping[f"roi_heads.{key}.weight"] = (layer.kernel, kind)
             mapping[f"roi_heads.{key}.bias"] = (layer.bias, "vector")
         return mapping
@@ -537,7 +647,7 @@ class TorchvisionFasterRCNN(keras.Model):
         if kind == "dense":
             return np.transpose(value)
         if kind == "roi_dense":
-            c, s = self.fpn_filters, _ROI_OUTPUT
+            c, s = self.box_head_channels, _ROI_OUTPUT
             if to_keras:  # [out, C * 7 * 7] (c, h, w) -> [7 * 7 * C (h, w, c), out]
                 w = np.reshape(value, (value.shape[0], c, s, s))
                 return np.reshape(np.transpose(w, (2, 3, 1, 0)), (s * s * c, -1))
@@ -577,6 +687,7 @@ class TorchvisionFasterRCNN(keras.Model):
             "blocks_per_stage": self.blocks_per_stage, "stem_filters": self.stem_filters,
             "stage_widths": self.stage_widths, "expansion": self.expansion,
             "norm_epsilon": self.norm_epsilon, "fpn_filters": self.fpn_filters,
+            "box_head_conv_filters": self.box_head_conv_filters,
             "representation_size": self.representation_size,
             "architecture": self.architecture, "min_size": self.min_size,
             "max_size": self.max_size, "image_mean": self.image_mean,
@@ -586,6 +697,12 @@ class TorchvisionFasterRCNN(keras.Model):
             "box_score_thresh": self.box_score_thresh, "box_nms_thresh": self.box_nms_thresh,
             "box_detections_per_img": self.box_detections_per_img,
         }
+
+
+def _bn_map(prefix, norm):
+    return {f"{prefix}.{torch_name}": (getattr(norm, attr), "vector") for torch_name, attr in
+            (("weight", "gamma"), ("bias", "beta"), ("running_mean", "moving_mean"),
+             ("running_var", "moving_variance"))}
 
 
 def _to_numpy(value):
@@ -650,8 +767,12 @@ def config_from_state_dict(state_dict, architecture="fasterrcnn_resnet50_fpn"):
 
     config = resnet_config_from_state_dict(state_dict, "backbone.body.")
     config.update(num_classes=shape("roi_heads.box_predictor.cls_score.weight")[0],
-                  fpn_filters=shape("backbone.fpn.inner_blocks.0.0.weight")[0],
-                  representation_size=shape("roi_heads.box_head.fc6.weight")[0])
+                  fpn_filters=shape("backbone.fpn.inner_blocks.0.0.weight")[0])
+    if architecture == "fasterrcnn_resnet50_fpn_v2":
+        config.update(representation_size=shape("roi_heads.box_head.5.weight")[0],
+                      box_head_conv_filters=shape("roi_heads.box_head.0.0.weight")[0])
+    else:
+        config.update(representation_size=shape("roi_heads.box_head.fc6.weight")[0])
     return config
 
 
@@ -665,14 +786,14 @@ def faster_rcnn_from_torchvision(state_dict, architecture="fasterrcnn_resnet50_f
             parameter names to arrays (NumPy or torch). Both key layouts of torchvision
             checkpoints (before and after the FPN/RPN-head renames) are accepted; unused or
             missing keys raise a `ValueError` listing them.
-        architecture: "fasterrcnn_resnet50_fpn".
+        architecture: "fasterrcnn_resnet50_fpn" or "fasterrcnn_resnet50_fpn_v2".
         dtype: "float32" or "float64", the dtype of every layer and op.
         **overrides: torchvision's `FasterRCNN` arguments with its defaults: `num_classes`
             (read from the checkpoint), `min_size=800`, `max_size=1333`, `image_mean`,
             `image_std`, `rpn_pre_nms_top_n_test=1000`, `rpn_post_nms_top_n_test=1000`,
             `rpn_nms_thresh=0.7`, `rpn_score_thresh=0.0`, `box_score_thresh=0.05`,
-            `box_nms_thresh=0.5`, `box_detections_per_img=100`; and `norm_epsilon` (0.0, the
-            value torchvision sets for the COCO_V1 weights).
+            `box_nms_thresh=0.5`, `box_detections_per_img=100`; and `norm_epsilon` (v1: 0.0,
+            the value torchvision sets for the COCO_V1 weights; v2: 1e-5).
 
     Returns:
         A built `TorchvisionFasterRCNN`.

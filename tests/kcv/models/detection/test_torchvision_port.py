@@ -304,3 +304,49 @@ def test_torchvision_state_dict_round_trip(data, model32):
     assert sorted(back) == sorted(sd)
     for key, value in sd.items():
         np.testing.assert_array_equal(back[key], value, err_msg=key)
+
+
+V2 = "fasterrcnn_resnet50_fpn_v2"
+FIXTURE_V2 = FIXTURE.replace("_v1.npz", "_v2.npz")
+
+
+@pytest.fixture(scope="module")
+def data_v2():
+    with np.load(FIXTURE_V2) as z:
+        return {k: z[k] for k in z.files}
+
+
+@pytest.fixture(scope="module")
+def model64_v2(data_v2):
+    return faster_rcnn_from_torchvision(_state_dict(data_v2), V2, dtype="float64",
+                                        min_size=128, max_size=160)
+
+
+def test_v2_features_and_heads_float64(data_v2, model64_v2):
+    """v2: FPN with batch norm, two-conv RPN head, conv box head (torchvision's numbers)."""
+    assert model64_v2.rpn_head.conv_depth == 2 and len(model64_v2.box_convs) == 4
+    out = _stages(data_v2, model64_v2, "downscale")
+    for i, p in enumerate(out["features"]):
+        np.testing.assert_allclose(p.numpy(), data_v2[f"downscale/P{i}"], rtol=0, atol=1e-8)
+    for i, o in enumerate(out["objectness"]):
+        np.testing.assert_allclose(o.numpy(), data_v2[f"downscale/objectness_{i}"].reshape(1, -1),
+                                   rtol=0, atol=1e-8)
+    rois = data_v2["downscale/fixed_rois"]
+    logits, _ = model64_v2.box_head(out["features"], tf.constant(rois[None]))
+    np.testing.assert_allclose(logits[0].numpy(), data_v2["downscale/fixed_logits"], rtol=0,
+                               atol=1e-8)
+
+
+@pytest.mark.parametrize("case", ("downscale", "noresize"))
+def test_v2_proposals_and_detections_float64(data_v2, model64_v2, case):
+    out = _stages(data_v2, model64_v2, case)
+    _check_proposals(data_v2, case, out["proposals"], out["num_proposals"], 1e-6)
+    _check_detections(data_v2, case, out, 1e-6, 1e-10)
+
+
+def test_v2_keys_round_trip_and_v1_keys_are_refused(data, data_v2, model64_v2):
+    sd = _state_dict(data_v2)
+    assert sorted(model64_v2.torchvision_state_dict()) == sorted(sd)
+    assert "roi_heads.box_head.5.weight" in sd and "backbone.fpn.inner_blocks.0.1.running_var" in sd
+    with pytest.raises(ValueError, match="no `roi_heads.box_head.5.weight`"):
+        faster_rcnn_from_torchvision(_state_dict(data), V2)

@@ -4,6 +4,7 @@ state dict is too large to commit):
 
     /work/torchenv/bin/python tools/make_torchvision_fixtures.py --full /tmp/tv_full.npz
     python tools/check_torchvision_port.py /tmp/tv_full.npz --min-size 160 --max-size 200
+    (v2: `--full /tmp/tv_full_v2.npz --v2`, then `--architecture fasterrcnn_resnet50_fpn_v2`)
 
 Exits with status 1 when a float64 stage differs by more than the tests allow (features 1e-8,
 proposal and detection boxes 1e-6 px, the same counts and labels).
@@ -23,11 +24,12 @@ def _max_diff(a, b):
     return float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) if np.size(b) else 0.0
 
 
-def check(path, min_size, max_size, dtype="float64"):
+def check(path, min_size, max_size, architecture="fasterrcnn_resnet50_fpn", dtype="float64"):
     with np.load(path) as z:
         data = {k: z[k] for k in z.files}
     sd = {k[3:]: v for k, v in data.items() if k.startswith("sd/")}
-    model = faster_rcnn_from_torchvision(sd, dtype=dtype, min_size=min_size, max_size=max_size)
+    model = faster_rcnn_from_torchvision(sd, architecture, dtype, min_size=min_size,
+                                         max_size=max_size)
     report, ok = {"parameters": int(model.count_params())}, True
     for case in sorted({k.split("/")[0] for k in data if "/" in k and not k.startswith("sd/")}):
         images = data[f"{case}/images"].astype(np.float64) / 255.0
@@ -67,8 +69,9 @@ def main():
     parser.add_argument("fixture")
     parser.add_argument("--min-size", type=int, default=160)
     parser.add_argument("--max-size", type=int, default=200)
+    parser.add_argument("--architecture", default="fasterrcnn_resnet50_fpn")
     args = parser.parse_args()
-    report, ok = check(args.fixture, args.min_size, args.max_size)
+    report, ok = check(args.fixture, args.min_size, args.max_size, args.architecture)
     print(json.dumps(report, indent=1))
     print("OK" if ok else "MISMATCH")
     return 0 if ok else 1

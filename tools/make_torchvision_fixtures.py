@@ -8,11 +8,11 @@ Needs torch + torchvision (never kcv dependencies). Rerun in a side environment:
     /tmp/torchenv/bin/python tools/make_torchvision_fixtures.py
     /tmp/torchenv/bin/python tools/make_torchvision_fixtures.py --v2  # ..._v2.npz
 (checked with torch 2.14.1 / torchvision 0.29.1). `--full OUT.npz` instead writes the state dict
-of the full-size `fasterrcnn_resnet50_fpn` (random weights, ~170 MB, not committed) with the
-same stage outputs, for a local check of the full architecture:
+of the full-size `fasterrcnn_resnet50_fpn` (`--full OUT.npz --v2`: `_v2`; random weights,
+~170 MB, not committed) with the same stage outputs, for a local check of the full architecture
+with tools/check_torchvision_port.py:
     /tmp/torchenv/bin/python tools/make_torchvision_fixtures.py --full /tmp/tv_full.npz
-    KCV_TORCHVISION_FULL=/tmp/tv_full.npz python -m pytest \
-        tests/kcv/models/detection/test_torchvision_port.py -k full
+    python tools/check_torchvision_port.py /tmp/tv_full.npz
 
 The narrow model is built like `fasterrcnn_resnet50_fpn(weights=COCO_V1)` builds the real
 one: ResNet-50 with `FrozenBatchNorm2d` (epsilon overwritten to 0.0, as torchvision does for
@@ -178,11 +178,20 @@ def build_narrow_v2(rng):
     return model
 
 
-def build_full(rng):
-    model = torchvision.models.detection.fasterrcnn_resnet50_fpn(
-        weights=None, weights_backbone=None, num_classes=91, min_size=160, max_size=200)
-    _calibrate(model.backbone.body, rng)
-    _freeze_bn(model.backbone.body)
+def build_full(rng, v2=False):
+    if v2:
+        model = torchvision.models.detection.fasterrcnn_resnet50_fpn_v2(
+            weights=None, weights_backbone=None, num_classes=91, min_size=160, max_size=200)
+        _calibrate(model.backbone.body, rng)
+        _random_bn_stats(model.backbone.fpn, rng)
+        _random_bn_stats(model.roi_heads.box_head, rng)
+        with torch.no_grad():  # peaked class scores: some above box_score_thresh = 0.05
+            model.roi_heads.box_predictor.cls_score.weight.mul_(20.0)
+    else:
+        model = torchvision.models.detection.fasterrcnn_resnet50_fpn(
+            weights=None, weights_backbone=None, num_classes=91, min_size=160, max_size=200)
+        _calibrate(model.backbone.body, rng)
+        _freeze_bn(model.backbone.body)
     _randomise_heads(model, rng)
     return model
 
@@ -245,7 +254,7 @@ def main():
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     if args.full:
-        model = build_full(rng)
+        model = build_full(rng, args.v2)
     else:
         model = build_narrow_v2(rng) if args.v2 else build_narrow(rng)
     model.eval()

@@ -199,3 +199,54 @@ def resnet_config_from_state_dict(state_dict, prefix=""):
     expansion = shape("layer1.0.conv3.weight")[0] // widths[0]
     return {"blocks_per_stage": tuple(blocks), "stem_filters": shape("conv1.weight")[0],
             "stage_widths": widths, "expansion": expansion}
+
+
+def resnet_from_torchvision(state_dict, prefix="", epsilon=1e-5, dtype="float32",
+                            input_shape=(None, None, 3)):
+    """A `torchvision_resnet` (C2..C5) with the weights of a torchvision ResNet state dict.
+
+    For fine-tuning from torchvision's ImageNet weights (e.g. `resnet50` IMAGENET1K_V1, keys
+    `conv1.weight`, `layer1.0.bn1.running_mean`, ...; `prefix=""`) or from a detector's
+    backbone (`prefix="backbone.body."`). The classifier (`fc.weight`, `fc.bias`) and BatchNorm
+    `num_batches_tracked` counters are ignored; any other unused or missing key raises a
+    `ValueError` listing them. Depth and widths are read from the state dict.
+
+    Args:
+        state_dict: mapping from torchvision names to arrays (NumPy or torch).
+        prefix: prefix of the ResNet's keys.
+        epsilon: batch-norm epsilon (1e-5, torchvision's `BatchNorm2d`; 0.0 for the v1 COCO
+            detector's backbone).
+        dtype: "float32" or "float64".
+        input_shape: `(H, W, 3)`.
+
+    Returns:
+        The `keras.Model` of `torchvision_resnet`, weights assigned.
+
+    Example:
+        >>> tiny = torchvision_resnet((1, 1, 1, 1), 8, (4, 8, 16, 32))
+        >>> sd = {k: np.transpose(v.numpy(), (3, 2, 0, 1)) if v.ndim == 4 else v.numpy()
+        ...       for k, (v, _) in resnet_weight_map(tiny).items()}
+        >>> model = resnet_from_torchvision({**sd, "fc.weight": np.zeros((10, 128))})
+        >>> [o.shape[-1] for o in model.outputs]
+        [16, 32, 64, 128]
+    """
+    state = {k: v for k, v in state_dict.items() if k.startswith(prefix)
+             and not k.endswith("num_batches_tracked")
+             and k not in (f"{prefix}fc.weight", f"{prefix}fc.bias")}
+    model = torchvision_resnet(**resnet_config_from_state_dict(state, prefix), epsilon=epsilon,
+                               input_shape=input_shape, dtype=dtype)
+    mapping = resnet_weight_map(model, prefix)
+    missing, unused = sorted(set(mapping) - set(state)), sorted(set(state) - set(mapping))
+    if missing or unused:
+        raise ValueError(f"The state dict does not match a torchvision ResNet. Missing keys "
+                         f"({len(missing)}): {missing}. Unused keys ({len(unused)}): {unused}")
+    for key, (variable, kind) in mapping.items():
+        value = state[key]
+        value = np.asarray(value.detach().cpu().numpy() if hasattr(value, "detach") else value)
+        if kind == "conv":
+            value = np.transpose(value, (2, 3, 1, 0))
+        if value.shape != tuple(variable.shape):
+            raise ValueError(f"`{key}` has shape {np.shape(state[key])}; the model expects "
+                             f"{tuple(variable.shape)} (Keras layout)")
+        variable.assign(value.astype(variable.dtype))
+    return model

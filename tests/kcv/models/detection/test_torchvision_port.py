@@ -350,3 +350,16 @@ def test_v2_keys_round_trip_and_v1_keys_are_refused(data, data_v2, model64_v2):
     assert "roi_heads.box_head.5.weight" in sd and "backbone.fpn.inner_blocks.0.1.running_var" in sd
     with pytest.raises(ValueError, match="no `roi_heads.box_head.5.weight`"):
         faster_rcnn_from_torchvision(_state_dict(data), V2)
+
+
+def test_resnet_from_torchvision_gives_torchvision_c2_to_c5(data):
+    """The detector's torchvision ResNet alone (prefix `backbone.body.`, FrozenBN eps 0)."""
+    from kcv.models.backbones import resnet_from_torchvision
+
+    sd = {**_state_dict(data), "backbone.body.fc.weight": np.zeros((3, 256))}
+    body = resnet_from_torchvision(sd, "backbone.body.", epsilon=0.0, dtype="float64")
+    for i, c in enumerate(body(tf.constant(data["upscale/transformed"]))):
+        np.testing.assert_allclose(c.numpy(), data[f"upscale/C{i + 2}"], rtol=0, atol=1e-8)
+    del sd["backbone.body.layer4.2.conv3.weight"]
+    with pytest.raises(ValueError, match=r"Missing keys \(1\): \['backbone.body.layer4.2.conv3"):
+        resnet_from_torchvision(sd, "backbone.body.")

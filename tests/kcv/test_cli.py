@@ -34,7 +34,7 @@ def _last_json(out):
     return json.loads(out.strip().splitlines()[-1])
 
 
-_COMMANDS = ("train", "lr-find", "export", "receptive-field")
+_COMMANDS = ("train", "lr-find", "export", "convert-torchvision", "receptive-field")
 
 
 def _python_m_kcv(*args, timeout=120):

@@ -14,6 +14,7 @@ vs prediction), history.png, saved_model/, detector.tflite (float32 input [1, H,
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -172,9 +173,13 @@ def export_int8(detector, calibration, path):
     if proc.returncode != 0:
         how = (f"killed by signal {-proc.returncode}" if proc.returncode < 0
                else f"exit code {proc.returncode}")
-        tail = [line for line in proc.stderr.splitlines() if line.strip()][-3:]
-        raise RuntimeError(f"int8 conversion failed in its child process ({how}): "
-                           + " | ".join(tail))
+        # TensorFlow's own log lines ("E0000 00:00:...") say nothing about the failure.
+        lines = [line for line in proc.stderr.splitlines()
+                 if line.strip() and not re.match(r"[IWE]\d{4} ", line)]
+        raise RuntimeError(
+            f"the int8 TFLite conversion failed in its child process ({how}) after "
+            f"{proc.stdout.strip().splitlines()[-1:] or ['starting']}: "
+            + (" | ".join(lines[-3:]) or "no Python error: the converter itself crashed"))
 
 
 def _int8_child(config_path, weights_path, data_path, out_path):
@@ -183,6 +188,7 @@ def _int8_child(config_path, weights_path, data_path, out_path):
     calibration = np.load(data_path)
     detector(calibration[:1])
     detector.load_weights(weights_path)
+    print("weights loaded; converting with int8 calibration", flush=True)
     export.to_tflite(serving_model(detector), out_path, quantization="int8", overwrite=True,
                      representative_data=[calibration[i:i + 1] for i in range(len(calibration))])
 

@@ -9,6 +9,10 @@ Run it with `make demo-detection` (or `python examples/detection_quickstart.py`;
 a smoke run on tiny settings). It writes runs/detection/: report.json, detections.png (truth
 vs prediction), history.png, saved_model/, detector.tflite (float32 input [1, H, W, 3] in
 [0, 1]; outputs boxes, scores, classes, num_detections) and detector_int8.tflite.
+
+Measured with the defaults (docs/detection.md): held-out AP50 0.644 (the target is 0.80),
+1,264 CPU-seconds of training; the int8 conversion currently crashes the TFLite converter and
+is reported as an error in report.json.
 """
 
 import argparse

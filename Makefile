@@ -1,5 +1,5 @@
-# kcv: `make demo` runs the main job, `make test` runs the tests. Each target creates .venv
-# and installs the project into it on first use.
+# kcv: `make demo` runs the main job, `make demo-detection` the detection one, `make test` runs
+# the tests. Each target creates .venv and installs the project into it on first use.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Test processes (pytest-xdist); 2 suits the 2-core CI machine. TEST_WORKERS=0 runs in one process.
 TEST_WORKERS ?= 2
 
-.PHONY: demo test test-fast bench lint install clean
+.PHONY: demo demo-detection test test-fast bench lint install clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) examples/quickstart_segmentation.py
+
+# Faster R-CNN on synthetic shapes: COCO mAP, SavedModel + TFLite export, parity (runs/detection/).
+demo-detection: $(STAMP)
+	$(PY) examples/detection_quickstart.py
 
 # pytest exits 5 when it collected nothing: that is a failure, not a pass.
 test: $(STAMP)

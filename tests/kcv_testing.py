@@ -195,7 +195,9 @@ def check_mixed_precision(factory, arrays, reference_model, rtol=5e-2, train=Tru
                                        err_msg="mixed_float16 output differs from float32")
         if train and model.trainable_weights:
             targets = [np.zeros_like(o, dtype=np.float32) + 0.5 for o in expected]
-            model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
+            # Eagerly: the same train_step (LossScaleOptimizer, loss scaling, casts) without
+            # tracing the whole model into a graph, which costs more than the step itself.
+            model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse", run_eagerly=True)
             before = [np.array(w) for w in model.trainable_weights]
             hist = model.fit(_model_input(arrays), _model_input(targets) if len(targets) > 1
                              else targets[0], epochs=1, batch_size=arrays[0].shape[0], verbose=0)

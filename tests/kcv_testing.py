@@ -13,10 +13,12 @@ import inspect
 import json
 import os
 import re
+import select
 import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 
 import keras
 import numpy as np
@@ -86,10 +88,70 @@ def check_config_round_trip(obj, arrays=None, input_dtypes=None):
     return clone
 
 
-def check_keras_reload(model, arrays, atol=1e-6):
-    """Saves `model` to `.keras`, reloads it in a fresh process with `safe_mode=True`.
+# One long-lived loader process per test process: it imports kcv as a user's process does and
+# loads each saved model with `safe_mode=True`; it never sees the objects the test built (they
+# reach it only as `.keras` files), which is what "a fresh process" has to prove. Starting a new
+# interpreter per check cost ~5 s of TensorFlow import each, a large share of the suite's time.
+_LOADER_SCRIPT = textwrap.dedent(
+    """
+    import json, os, sys, traceback
+    import numpy as np, keras
+    import kcv  # registers the kcv objects, as a user's process does
+    for line in sys.stdin:
+        request = json.loads(line)
+        tmp, n = request["tmp"], request["inputs"]
+        try:
+            keras.backend.clear_session()
+            model = keras.saving.load_model(os.path.join(tmp, "model.keras"), safe_mode=True)
+            arrays = [np.load(os.path.join(tmp, f"in_{i}.npy")) for i in range(n)]
+            out = model(arrays if n > 1 else arrays[0], training=False)
+            if isinstance(out, dict):  # as `_as_list`: sorted keys, which are checked too
+                np.save(os.path.join(tmp, "keys.npy"), np.array(sorted(out)))
+                out = [out[k] for k in sorted(out)]
+            out = out if isinstance(out, (list, tuple)) else [out]
+            for i, o in enumerate(out):
+                np.save(os.path.join(tmp, f"out_{i}.npy"), np.asarray(o))
+            reply = {"ok": True}
+        except Exception:
+            reply = {"ok": False, "error": traceback.format_exc()[-3000:]}
+        del request
+        sys.stdout.write("KCV-LOADER " + json.dumps(reply) + "\\n")
+        sys.stdout.flush()
+    """
+)
+_loader = None
 
-    Dict outputs (e.g. backbones with `return_features=True`) are compared key by key.
+
+def _load_in_other_process(tmp, num_inputs, timeout=300):
+    """Runs the loader on `tmp` (model.keras + in_*.npy); returns None or the error text."""
+    global _loader
+    if _loader is None or _loader.poll() is not None:
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=_ROOT)
+        _loader = subprocess.Popen([sys.executable, "-u", "-c", _LOADER_SCRIPT], text=True,
+                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                   stderr=subprocess.DEVNULL, env=env)
+    _loader.stdin.write(json.dumps({"tmp": tmp, "inputs": num_inputs}) + "\n")
+    _loader.stdin.flush()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([_loader.stdout], [], [], deadline - time.monotonic())
+        line = _loader.stdout.readline() if ready else ""
+        if not line:
+            break
+        if line.startswith("KCV-LOADER "):
+            reply = json.loads(line[len("KCV-LOADER "):])
+            return None if reply["ok"] else reply["error"]
+    _loader.kill()
+    _loader = None
+    return "the loader process died or timed out"
+
+
+def check_keras_reload(model, arrays, atol=1e-6):
+    """Saves `model` to `.keras`, reloads it in another process with `safe_mode=True`.
+
+    The other process imports only kcv (as a user's does) and gets the model as a file, never
+    the test's objects. Dict outputs (e.g. backbones with `return_features=True`) are compared
+    key by key.
     """
     out = model(_model_input(arrays), training=False)
     want_keys = sorted(out) if isinstance(out, dict) else None
@@ -99,27 +161,8 @@ def check_keras_reload(model, arrays, atol=1e-6):
         model.save(path)
         for i, a in enumerate(arrays):
             np.save(os.path.join(tmp, f"in_{i}.npy"), a)
-        script = textwrap.dedent(
-            f"""
-            import os, numpy as np, keras
-            import kcv  # registers the kcv objects, as a user's process does
-            tmp = {tmp!r}
-            model = keras.saving.load_model(os.path.join(tmp, "model.keras"), safe_mode=True)
-            arrays = [np.load(os.path.join(tmp, f"in_{{i}}.npy")) for i in range({len(arrays)})]
-            out = model(arrays if len(arrays) > 1 else arrays[0], training=False)
-            if isinstance(out, dict):  # as `_as_list`: sorted keys, which are checked too
-                np.save(os.path.join(tmp, "keys.npy"), np.array(sorted(out)))
-                out = [out[k] for k in sorted(out)]
-            out = out if isinstance(out, (list, tuple)) else [out]
-            for i, o in enumerate(out):
-                np.save(os.path.join(tmp, f"out_{{i}}.npy"), np.asarray(o))
-            """
-        )
-        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=_ROOT)
-        proc = subprocess.run(
-            [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300
-        )
-        assert proc.returncode == 0, f"reload in a fresh process failed:\n{proc.stderr[-3000:]}"
+        error = _load_in_other_process(tmp, len(arrays))
+        assert error is None, f"reload in a fresh process failed:\n{error}"
         keys_path = os.path.join(tmp, "keys.npy")
         keys = np.load(keys_path).tolist() if os.path.exists(keys_path) else None
         assert keys == want_keys, f"reloaded model returns keys {keys}, original {want_keys}"
@@ -189,7 +232,9 @@ def check_mixed_precision(factory, arrays, reference_model, rtol=5e-2, train=Tru
                                        err_msg="mixed_float16 output differs from float32")
         if train and model.trainable_weights:
             targets = [np.zeros_like(o, dtype=np.float32) + 0.5 for o in expected]
-            model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
+            # Eagerly: the same train_step (LossScaleOptimizer, loss scaling, casts) without
+            # tracing the whole model into a graph, which costs more than the step itself.
+            model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse", run_eagerly=True)
             before = [np.array(w) for w in model.trainable_weights]
             hist = model.fit(_model_input(arrays), _model_input(targets) if len(targets) > 1
                              else targets[0], epochs=1, batch_size=arrays[0].shape[0], verbose=0)

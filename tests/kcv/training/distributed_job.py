@@ -122,7 +122,7 @@ def train_segmentation_models():
         "HRNet": lambda: kcv.models.HRNet(shape, NUM_CLASSES, width=8,
                                           num_modules=(1, 1, 1, 1), num_blocks=1),
     }
-    x, y = make_shapes(64, 32, seed=0)
+    x, y = make_shapes(32, 32, seed=0)
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     results = {}
     for name, make in builders.items():
@@ -130,10 +130,10 @@ def train_segmentation_models():
         with strategy.scope():
             model = make()
             heads = len(model.outputs)
-            model.compile(keras.optimizers.Adam(3e-3), loss=[kcv.losses.BCEDiceLoss()] * heads,
+            model.compile(keras.optimizers.Adam(1e-2), loss=[kcv.losses.BCEDiceLoss()] * heads,
                           loss_weights=[1.0 / heads] * heads)
         targets = [y] * heads if heads > 1 else y
-        history = model.fit(x, targets, epochs=4, batch_size=16, verbose=0).history["loss"]
+        history = model.fit(x, targets, epochs=3, batch_size=16, verbose=0).history["loss"]
         results[name] = {
             "losses": [float(v) for v in history],
             "replicas": strategy.num_replicas_in_sync,

@@ -7,7 +7,14 @@ Shape from issue 4: inputs [4, 64, 64, 64] -> 64 channels, 3x3, stride 1, paddin
 Each is a `tf.function` returning the output and all gradients; the median of several
 interleaved repeats is reported, with ratios. Also reports the forward pass alone and XLA.
 
+With `--profile`, also times the steps of our forward + backward in isolation, in the same
+run as `tf.nn.conv2d`: the three matmuls (forward, input and kernel gradients of the columns)
+that any im2col formulation needs, the sampling (positions; columns by 1x1 crop_and_resize and
+by the nested XLA gathers), the offset/mask gradients and the input-gradient scatter (XLA's and
+CropAndResizeGradImage).
+
 Usage: python benchmarks/deform_conv.py [--repeats 7] [--batch 4] [--size 64] [--channels 64]
+       [--profile]
 """
 
 import argparse
@@ -19,6 +26,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from custom_ops import deform_conv as _module  # noqa: E402
 from custom_ops.deform_conv import _deform_conv2d_reference, deform_conv2d  # noqa: E402
 
 
@@ -75,12 +83,50 @@ def _measure(cases, args, repeats):
     return {name: float(np.median(t)) for name, t in times.items()}
 
 
+def _profile(data, repeats):
+    """Median ms of each step of our forward + backward, isolated, beside tf.nn.conv2d."""
+    x, offsets, mask, kernel, _ = data
+    geo = _module._Geometry(x, offsets, kernel, mask, 1, 1, 1)
+    st = geo.static
+    rows, weights, d_dy, d_dx, mask_rows = _module._xla_sampling(x, offsets, mask, st)
+    cols = _module._xla_columns(x, rows, weights, mask_rows, st)
+    up = tf.reshape(tf.nn.conv2d(x, kernel, 1, "SAME"), [-1, geo.cout])
+    _, grad_cols = _module._kernel_grads(geo, cols, kernel, up)
+    y, xs, image = _module._crop_plan(geo, offsets, x.shape[0], x.dtype)
+    images = _module._crop_images(geo, x)
+    grad_samples = _module._xla_sample_grads(x, rows, weights, d_dy, d_dx, mask_rows, grad_cols,
+                                             st, scatter=False)[0]
+    size = tf.shape(images)
+    steps = {
+        "conv2d fwd+bwd": lambda: _conv_step(*data),
+        "3 matmuls": lambda: (_module._matmul_kernel(geo, cols, kernel),
+                              _module._kernel_grads(geo, cols, kernel, up)),
+        "positions (XLA)": lambda: _module._xla_sampling(x, offsets, mask, st),
+        "columns (XLA gathers)": lambda: _module._xla_columns(x, rows, weights, mask_rows, st),
+        "columns (1x1 crops)": lambda: _module._crop_columns(geo, images, y, xs, image,
+                                                             mask_rows),
+        "offset+mask grads (XLA)": lambda: _module._xla_sample_grads(
+            x, rows, weights, d_dy, d_dx, mask_rows, grad_cols, st, scatter=False),
+        "  + input scatter (XLA)": lambda: _module._xla_sample_grads(
+            x, rows, weights, d_dy, d_dx, mask_rows, grad_cols, st),
+        "input scatter (CropAndResizeGradImage)": lambda: tf.raw_ops.CropAndResizeGradImage(
+            grads=grad_samples[:, None, None, :], boxes=_module._crop_boxes(geo, y, xs),
+            box_ind=image, image_size=size, T=x.dtype),
+    }
+    res = _measure({name: tf.function(fn) for name, fn in steps.items()}, (), repeats)
+    print("\nsteps in isolation (median ms; ours runs positions and columns in the forward and "
+          "again in the backward):")
+    for name, t in res.items():
+        print(f"  {name:<40s} {t * 1e3:8.1f} ms  ({t / res['conv2d fwd+bwd']:.2f}x conv2d)")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--channels", type=int, default=64)
+    parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     n, s, c = args.batch, args.size, args.channels
@@ -113,6 +159,8 @@ def main():
         print(f"  reference / ours (speedup) = {res['reference'] / res['ours']:.2f}x")
         if "ours_xla" in res:
             print(f"  ours_xla / conv2d_xla      = {res['ours_xla'] / res['conv2d_xla']:.2f}x")
+    if args.profile:
+        _profile(data, args.repeats)
 
 
 if __name__ == "__main__":

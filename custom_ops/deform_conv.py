@@ -25,6 +25,10 @@ sum; in the backward pass the offset/mask gradients and the input-gradient scatt
 three nested `jit_compile=True` programs that read the zero-padded input directly (no
 neighbourhood copy, no `[R, 4, Cg]` corners tensor); the matmuls stay TensorFlow's. Exported
 graphs and callers already under XLA use the plain ops above. Both paths are the same formulas.
+In float32 with a static input size (same conditions), the forward columns are 1x1
+`crop_and_resize` samples of the zero-padded input and the backward pass's input-gradient scatter
+is TensorFlow's `CropAndResizeGradImage` kernel ("crop kernels" below); float64 keeps the exact
+XLA programs (crop_and_resize computes in float32).
 """
 
 import collections
@@ -265,6 +269,22 @@ def _fold_neighbourhoods(geo, grads, batch, height, width):
     return padded[:, 1:-1, 1:-1]
 
 
+def _positions(geo, offsets, batch, dtype, shift=0):
+    """Sample rows and columns `[N, Ho, Wo, kh * kw, G]` (plus `shift`, a Python int)."""
+    out_h, out_w = tf.shape(offsets)[1], tf.shape(offsets)[2]
+    # [N, Ho, Wo, G, K, 2] -> [N, Ho, Wo, K, G, 2]
+    delta = tf.transpose(tf.reshape(tf.cast(offsets, dtype),
+                                    [batch, out_h, out_w, geo.offset_groups, geo.taps, 2]),
+                         [0, 1, 2, 4, 3, 5])
+    tap_y = tf.cast(tf.repeat(tf.range(geo.kh) * geo.dilation[0], geo.kw), dtype)
+    tap_x = tf.cast(tf.tile(tf.range(geo.kw) * geo.dilation[1], [geo.kh]), dtype)
+    base_y = tf.cast(tf.range(out_h) * geo.strides[0] - geo.pad_top + shift, dtype)
+    base_x = tf.cast(tf.range(out_w) * geo.strides[1] - geo.pad_left + shift, dtype)
+    y = base_y[:, None, None, None] + tap_y[None, None, :, None] + delta[..., 0]
+    x = base_x[None, :, None, None] + tap_x[None, None, :, None] + delta[..., 1]
+    return y, x
+
+
 def _sampling(geo, offsets, batch, height, width, dtype, padded=False):
     """Row indices into the neighbourhoods, bilinear weights and their derivatives.
 
@@ -273,17 +293,8 @@ def _sampling(geo, offsets, batch, height, width, dtype, padded=False):
     With `padded=True` the rows index the top-left corner in the input zero-padded by one pixel
     and read as `[N * (H + 2) * (W + 2) * G, Cg]` (see `_padded_rows`) instead.
     """
-    g, taps = geo.offset_groups, geo.taps
-    out_h, out_w = tf.shape(offsets)[1], tf.shape(offsets)[2]
-    # [N, Ho, Wo, G, K, 2] -> [N, Ho, Wo, K, G, 2]
-    delta = tf.transpose(tf.reshape(tf.cast(offsets, dtype), [batch, out_h, out_w, g, taps, 2]),
-                         [0, 1, 2, 4, 3, 5])
-    tap_y = tf.cast(tf.repeat(tf.range(geo.kh) * geo.dilation[0], geo.kw), dtype)
-    tap_x = tf.cast(tf.tile(tf.range(geo.kw) * geo.dilation[1], [geo.kh]), dtype)
-    base_y = tf.cast(tf.range(out_h) * geo.strides[0] - geo.pad_top, dtype)
-    base_x = tf.cast(tf.range(out_w) * geo.strides[1] - geo.pad_left, dtype)
-    y = base_y[:, None, None, None] + tap_y[None, None, :, None] + delta[..., 0]
-    x = base_x[None, :, None, None] + tap_x[None, None, :, None] + delta[..., 1]
+    g = geo.offset_groups
+    y, x = _positions(geo, offsets, batch, dtype)
     h_f = tf.cast(height, dtype)
     w_f = tf.cast(width, dtype)
     valid = tf.cast((y > -1) & (y < h_f) & (x > -1) & (x < w_f), dtype)
@@ -460,8 +471,13 @@ def _xla_columns_core(x, rows, weights, mask_rows, static):
     return tf.reshape(cols, [-1, static.taps * static.channels])
 
 
-def _xla_sample_grads_core(x, rows, weights, d_dy, d_dx, mask_rows, grad_cols, static):
-    """Gradients for the input, the offsets (`[R, 2]`) and the mask (`[R]`, or None)."""
+def _xla_sample_grads_core(x, rows, weights, d_dy, d_dx, mask_rows, grad_cols, static,
+                           scatter=True):
+    """Gradients for the input, the offsets (`[R, 2]`) and the mask (`[R]`, or None).
+
+    With `scatter=False` the first output is instead the upstream of the unmasked samples
+    (`[R, Cg]`), for the caller to scatter into the input.
+    """
     cg = static.channels // static.offset_groups
     padded, steps = _padded_rows(static, x)
     corner_rows = rows[:, None] + steps
@@ -475,6 +491,9 @@ def _xla_sample_grads_core(x, rows, weights, d_dy, d_dx, mask_rows, grad_cols, s
         weights = weights * mask_rows
     grad_offsets = tf.stack([tf.reduce_sum(grad_corner_w * d_dy, axis=1),
                              tf.reduce_sum(grad_corner_w * d_dx, axis=1)], axis=-1)
+    if not scatter:
+        grad_samples = grad_cols if mask_rows is None else grad_cols * mask_rows
+        return (grad_samples, grad_offsets) + (() if mask_rows is None else (grad_mask,))
     # Inputs: scatter each sample's upstream into its four corners (adjoint of the gather).
     grad_padded = tf.math.unsorted_segment_sum(
         tf.reshape(weights[:, :, None] * grad_cols[:, None, :], [-1, cg]),
@@ -495,8 +514,9 @@ def _xla_columns(x, rows, weights, mask_rows, static):
 
 
 @tf.function(jit_compile=True, reduce_retracing=True)
-def _xla_sample_grads(x, rows, weights, d_dy, d_dx, mask_rows, grad_cols, static):
-    return _xla_sample_grads_core(x, rows, weights, d_dy, d_dx, mask_rows, grad_cols, static)
+def _xla_sample_grads(x, rows, weights, d_dy, d_dx, mask_rows, grad_cols, static, scatter=True):
+    return _xla_sample_grads_core(x, rows, weights, d_dy, d_dx, mask_rows, grad_cols, static,
+                                  scatter)
 
 
 def _forward_xla(geo, x, offsets, kernel, bias, mask):
@@ -514,14 +534,113 @@ def _backward_xla(geo, x, offsets, kernel, mask, upstream):
     grad_kernel, grad_cols = _kernel_grads(geo, cols, kernel, tf.reshape(upstream, [-1, geo.cout]))
     del cols
     grads = _xla_sample_grads(x, rows, weights, d_dy, d_dx, mask_rows, grad_cols, geo.static)
-    # [R, 2] / [R] ordered (n, ho, wo, tap, group) -> the (group, tap) channel order.
-    grad_offsets = tf.reshape(grads[1], [-1, geo.taps, geo.offset_groups, 2])
-    grad_offsets = tf.reshape(tf.transpose(grad_offsets, [0, 2, 1, 3]), tf.shape(offsets))
-    grad_mask = None
-    if mask is not None:
-        grad_mask = tf.reshape(grads[2], [-1, geo.taps, geo.offset_groups])
-        grad_mask = tf.reshape(tf.transpose(grad_mask, [0, 2, 1]), tf.shape(mask))
+    grad_offsets, grad_mask = _channel_order(geo, grads[1], grads[2] if mask is not None else None,
+                                             offsets, mask)
     return grads[0], grad_offsets, grad_kernel, grad_mask
+
+
+def _channel_order(geo, grad_offsets, grad_mask, offsets, mask):
+    """`[R, 2]` / `[R]` ordered (n, ho, wo, tap, group) -> the (group, tap) channel order."""
+    grad_offsets = tf.reshape(grad_offsets, [-1, geo.taps, geo.offset_groups, 2])
+    grad_offsets = tf.reshape(tf.transpose(grad_offsets, [0, 2, 1, 3]), tf.shape(offsets))
+    if mask is not None:
+        grad_mask = tf.reshape(grad_mask, [-1, geo.taps, geo.offset_groups])
+        grad_mask = tf.reshape(tf.transpose(grad_mask, [0, 2, 1]), tf.shape(mask))
+    return grad_offsets, grad_mask
+
+
+# --------------------------------------------------------------------------- crop kernels
+# float32 with a static input size, outside an XLA cluster and outside an export: a bilinear
+# sample of the zero-padded input is a 1x1 `tf.image.crop_and_resize` of a box of zero size,
+# so TensorFlow's fused CropAndResize kernel gives the forward pass's columns, and its
+# gradient kernel CropAndResizeGradImage (CPU and GPU) replaces the XLA scatter of the input
+# gradient, the slowest step of `_backward_xla` (measured in BENCHMARKS.md). The offset and
+# mask gradients and the recomputed columns stay the nested XLA programs above. The input is
+# padded with zeros to `P` rows, one above and at least one below, with `P - 1` a power of
+# two: crop_and_resize reads a box corner at `y_norm * (P - 1)`, so `y_norm = y / (P - 1)`
+# gives back `y` exactly, and the zero rows reproduce torchvision's zero-padded corners and
+# its `-1 < y < H` rule (samples outside read or receive only zero padding).
+
+
+def _use_crop_kernels(geo, dtype):
+    return (dtype == tf.float32 and geo.height is not None and geo.width is not None
+            and use_nested_xla())
+
+
+def _crop_extent(size):
+    """`P - 1`: the smallest power of two >= size + 1 (rows 0 and size + 1 are zero)."""
+    return 1 << int(size).bit_length()
+
+
+def _crop_plan(geo, offsets, batch, dtype):
+    """Sample positions in the padded input (`y + 1`, `x + 1`), ordered (n, ho, wo, tap,
+    group) as `[R]`, and their image in `[N * G]` (`[R]`)."""
+    g = geo.offset_groups
+    y, x = _positions(geo, offsets, batch, dtype, shift=1)
+    image = tf.broadcast_to(tf.range(batch)[:, None, None, None, None] * g + tf.range(g),
+                            tf.shape(y))
+    return tf.reshape(y, [-1]), tf.reshape(x, [-1]), tf.reshape(image, [-1])
+
+
+def _crop_images(geo, x):
+    """`[N, H, W, C]` -> zero-padded `[N * G, P_h + 1, P_w + 1, C / G]` (rows 1..H are x)."""
+    g = geo.offset_groups
+    if g > 1:
+        x = tf.reshape(x, [-1, geo.height, geo.width, g, geo.channels // g])
+        x = tf.reshape(tf.transpose(x, [0, 3, 1, 2, 4]), [-1, geo.height, geo.width,
+                                                          geo.channels // g])
+    return tf.pad(x, [[0, 0], [1, _crop_extent(geo.height) - geo.height],
+                      [1, _crop_extent(geo.width) - geo.width], [0, 0]])
+
+
+def _crop_boxes(geo, y, x):
+    """Boxes of zero size at padded positions `y`, `x` ([R]): exact in crop_and_resize."""
+    ey, ex = float(_crop_extent(geo.height)), float(_crop_extent(geo.width))
+    return tf.stack([y / ey, x / ex, y / ey, x / ex], axis=1)
+
+
+def _crop_columns(geo, images, y, x, image, mask_rows):
+    """Sampled columns `[M, K * C]` from 1x1 crops of `images` at padded positions `y`, `x`."""
+    samples = tf.image.crop_and_resize(images, _crop_boxes(geo, y, x), image, [1, 1])[:, 0, 0]
+    cols = samples if mask_rows is None else samples * mask_rows
+    return tf.reshape(cols, [-1, geo.taps * geo.channels])
+
+
+def _forward_crop(geo, x, offsets, kernel, bias, mask, dtype):
+    y, xs, image = _crop_plan(geo, offsets, _dim(x, 0), dtype)
+    mask_rows = None if mask is None else _mask_rows(geo, mask, dtype)
+    cols = _crop_columns(geo, _crop_images(geo, x), y, xs, image, mask_rows)
+    out = _matmul_kernel(geo, cols, kernel)
+    if bias is not None:
+        out = out + bias
+    return tf.reshape(out, [_dim(x, 0), _dim(offsets, 1), _dim(offsets, 2), geo.cout])
+
+
+def _backward_crop(geo, x, offsets, kernel, mask, upstream):
+    """The nested-XLA backward pass with the input-gradient scatter done by
+    `CropAndResizeGradImage` (the XLA scatter is the slowest part of `_backward_xla`)."""
+    batch = _dim(x, 0)
+    rows, weights, d_dy, d_dx, mask_rows = _xla_sampling(x, offsets, mask, geo.static)
+    cols = _xla_columns(x, rows, weights, mask_rows, geo.static)
+    grad_kernel, grad_cols = _kernel_grads(geo, cols, kernel, tf.reshape(upstream, [-1, geo.cout]))
+    del cols
+    grads = _xla_sample_grads(x, rows, weights, d_dy, d_dx, mask_rows, grad_cols, geo.static,
+                              scatter=False)
+    y, xs, image = _crop_plan(geo, offsets, batch, x.dtype)
+    cg = geo.channels // geo.offset_groups
+    size = tf.stack([batch * geo.offset_groups, _crop_extent(geo.height) + 1,
+                     _crop_extent(geo.width) + 1, cg])
+    padded = tf.raw_ops.CropAndResizeGradImage(
+        grads=grads[0][:, None, None, :], boxes=_crop_boxes(geo, y, xs), box_ind=image,
+        image_size=size, T=x.dtype)
+    grad_x = padded[:, 1:geo.height + 1, 1:geo.width + 1]  # cut out of the padded frame
+    if geo.offset_groups > 1:
+        grad_x = tf.reshape(grad_x, [batch, geo.offset_groups, geo.height, geo.width, cg])
+        grad_x = tf.transpose(grad_x, [0, 2, 3, 1, 4])
+    grad_x = tf.reshape(grad_x, [batch, geo.height, geo.width, geo.channels])
+    grad_offsets, grad_mask = _channel_order(geo, grads[1], grads[2] if mask is not None else None,
+                                             offsets, mask)
+    return grad_x, grad_offsets, grad_kernel, grad_mask
 
 
 def _prepare(inputs, offsets, kernel, bias, mask):
@@ -635,7 +754,9 @@ def _deform_conv2d(geo, inputs, offsets, kernel, bias, mask):
         # their inputs (the big columns) alive until the tape is released.
         x, off, k, b, m = (None if t is None else tf.stop_gradient(tf.cast(t, dtype))
                            for t in unpack(values))
-        if use_nested_xla():
+        if _use_crop_kernels(geo, dtype):
+            out = _forward_crop(geo, x, off, k, b, m, dtype)
+        elif use_nested_xla():
             out = _forward_xla(geo, x, off, k, b, m)
         else:
             out = _forward(geo, x, off, k, b, m, dtype)
@@ -647,7 +768,9 @@ def _deform_conv2d(geo, inputs, offsets, kernel, bias, mask):
                 x_, off_, k_ = (tf.identity(tf.cast(t, dtype)) for t in values[:3])
             m_ = tf.cast(values[-1], dtype) if has_mask else None
             up = tf.cast(upstream, dtype)
-            if use_nested_xla():  # decided again: the gradient may be traced elsewhere
+            if _use_crop_kernels(geo, dtype):  # decided again: the gradient may be traced apart
+                gx, goff, gk, gm = _backward_crop(geo, x_, off_, k_, m_, up)
+            elif use_nested_xla():
                 gx, goff, gk, gm = _backward_xla(geo, x_, off_, k_, m_, up)
             else:
                 gx, goff, gk, gm = _backward(geo, x_, off_, k_, m_, up, dtype)

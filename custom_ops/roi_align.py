@@ -125,7 +125,60 @@ def _plan(boxes, base, heights, widths, output_size, spatial_scale, sampling_rat
     indices, weights = _sampling.corner_indices_and_weights(
         base, y, x, heights, widths, y_scale, x_scale
     )
-    return indices, weights, gh, gw
+    # First and last sample of each axis [K, 4] (y, x, y, x): the sample grid of a box is
+    # regular, so these two corners describe it (used by the crop_and_resize gradient).
+    corners = tf.stack([y[:, 0], x[:, 0], y[:, -1], x[:, -1]], axis=1)
+    return indices, weights, gh, gw, corners
+
+
+def _use_crop_gradient(dtype, taps):
+    """Scatter the gradient with TensorFlow's `CropAndResizeGradImage` kernel?
+
+    For a fixed `sampling_ratio` the samples of a box form a regular `oh * gh` x `ow * gw`
+    grid, which is what `crop_and_resize` samples; its fused gradient kernel (CPU and GPU) is
+    2-3x faster than an XLA scatter of the same taps. It takes float32 box coordinates, so
+    float64 keeps the exact scatter; XLA and exports (no such kernel) keep the plain ops.
+    """
+    return dtype == tf.float32 and taps is not None and use_nested_xla()
+
+
+def _fold_edges(grad, axis):
+    """Adjoint of replicating the first and last slice of `axis` once (edge padding)."""
+    size = grad.shape[axis] - 2
+    first, inner, last = tf.split(grad, [1, size, 1], axis=axis)
+    if size == 1:
+        return first + inner + last
+    head, middle, tail = tf.split(inner, [1, size - 2, 1], axis=axis)
+    return tf.concat([head + first, middle, tail + last], axis=axis)
+
+
+def _crop_gradient(dy, corners, box_indices, features, grid, dtype):
+    """Gradient of RoIAlign for one map `features` [N, H, W, C] by `CropAndResizeGradImage`.
+
+    torchvision's border rules (samples in `[-1, 0)` read row 0, samples in `(H - 1, H]` read
+    row `H - 1`, samples outside `[-1, H]` are zero) are those of `crop_and_resize` (zero
+    outside `[0, H' - 1]`) on the map edge-padded by one pixel (`H' = H + 2`): the gradient is
+    taken there, with the grid shifted by one pixel, and the padding folded back. Each bin's
+    gradient is spread evenly over its `gh * gw` samples.
+
+    Args:
+        dy: [K, oh, ow, C] upstream (static oh, ow); corners: [K, 4] first and last sample
+            (y, x, y, x) in map pixels; box_indices: [K]; grid: `(gh, gw)` Python ints.
+    """
+    gh, gw = grid
+    oh, ow = dy.shape[1], dy.shape[2]
+    k, channels = tf.shape(dy)[0], tf.shape(dy)[3]
+    height, width = features.shape[1], features.shape[2]
+    samples = tf.broadcast_to(dy[:, :, None, :, None, :] / float(gh * gw),
+                              tf.stack([k, oh, gh, ow, gw, channels]))
+    samples = tf.reshape(samples, tf.stack([k, oh * gh, ow * gw, channels]))
+    # crop_and_resize reads box corner y at y_norm * (H' - 1); shifted by the one-pixel pad.
+    extent = tf.constant([height + 1, width + 1, height + 1, width + 1], dtype)
+    padded = tf.raw_ops.CropAndResizeGradImage(
+        grads=samples, boxes=(corners + 1.0) / extent, box_ind=box_indices,
+        image_size=tf.shape(features) + tf.constant([0, 2, 2, 0]), T=dtype)
+    padded = tf.ensure_shape(padded, [None, height + 2, width + 2, None])
+    return _fold_edges(_fold_edges(padded, 1), 2)
 
 
 def _align(levels, boxes, level_of_box, box_indices, output_size, spatial_scales,
@@ -152,8 +205,8 @@ def _align(levels, boxes, level_of_box, box_indices, output_size, spatial_scales
         widths = tf.gather(ws, level_of_box)[:, None]
         scale = tf.gather(tf.constant(spatial_scales, dtype), level_of_box)
         base = tf.gather(starts, level_of_box) + box_indices * heights[:, 0] * widths[:, 0]
-    indices, weights, gh, gw = _plan(boxes, base, heights, widths, output_size, scale,
-                                     sampling_ratio, aligned, dtype)
+    indices, weights, gh, gw, corners = _plan(boxes, base, heights, widths, output_size, scale,
+                                              sampling_ratio, aligned, dtype)
     k = tf.shape(boxes)[0]
     out_h, out_w = output_size
 
@@ -181,6 +234,17 @@ def _align(levels, boxes, level_of_box, box_indices, output_size, spatial_scales
     @tf.custom_gradient
     def _op(*feats):
         def grad(dy):
+            if _use_crop_gradient(dtype, taps):  # decided here: the gradient may be traced apart
+                dy = tf.cast(dy, dtype)
+                if len(feats) == 1:
+                    parts, levels_dy = [box_indices], [dy]
+                    levels_corners = [corners]
+                else:  # one kernel call per level, on the boxes of that level
+                    parts = tf.dynamic_partition(box_indices, level_of_box, len(feats))
+                    levels_dy = tf.dynamic_partition(dy, level_of_box, len(feats))
+                    levels_corners = tf.dynamic_partition(corners, level_of_box, len(feats))
+                return [tf.cast(_crop_gradient(d, c, b, f, (gh, gw), dtype), f.dtype)
+                        for d, c, b, f in zip(levels_dy, levels_corners, parts, feats)]
             dy = tf.reshape(tf.cast(dy, dtype), [-1, channels])
             d_flat = _scatter_taps(dy, indices, weights, sum(sizes), bins_per_box)
             parts = tf.split(d_flat, tf.stack(sizes), axis=0) if len(feats) > 1 else [d_flat]
@@ -231,8 +295,9 @@ def roi_align(features, boxes, box_indices, output_size, spatial_scale=1.0, samp
     No gradient flows to `boxes` (as in torchvision and Detectron2).
 
     Speed: with a fixed `sampling_ratio`, outside `jit_compile=True` and outside a SavedModel
-    or TFLite export, the gather and the gradient scatter run as small XLA programs (one per
-    power-of-two bucket of K, compiled on first use); see docs/roi.md.
+    or TFLite export, the gather runs as a small XLA program (one per power-of-two bucket of
+    K, compiled on first use) and the float32 gradient is TensorFlow's `CropAndResizeGradImage`
+    kernel on the regular sample grid (float64 keeps an exact XLA scatter); see docs/roi.md.
 
     Args:
         features: float Tensor [N, H, W, C] (NHWC) with static H and W.

@@ -161,21 +161,21 @@ def _case(rng, *, stride, dil, offset_groups, groups, modulated, pad=1, scale=2.
 
 
 def _assert_matches_numpy(out, grads, x, offsets, kernel, bias, mask, stride, dil, upstream,
-                          label=""):
+                          label="", atol=1e-6):
     """Forward and the gradients (inputs, offsets, kernel, bias[, mask]) against the oracle at
-    padding 1, float64, 1e-6."""
+    padding 1, float64 (1e-6 unless told)."""
     expected, expected_grads = numpy_deform_conv2d(
         _nchw(x), np.transpose(kernel, (3, 2, 0, 1)), _nchw(offsets),
         None if mask is None else _nchw(mask), bias, (stride, stride), (1, 1), (dil, dil),
         upstream=_nchw(upstream))
-    np.testing.assert_allclose(out.numpy(), _nhwc(expected), atol=1e-6, rtol=0)
+    np.testing.assert_allclose(out.numpy(), _nhwc(expected), atol=atol, rtol=0)
     gx, goff, gw, gb, gm = expected_grads
     want = [_nhwc(gx), _nhwc(goff), np.transpose(gw, (2, 3, 1, 0)), gb]
     if mask is not None:
         want.append(_nhwc(gm))
     assert len(grads) == len(want)
     for name, got, exp in zip(["inputs", "offsets", "kernel", "bias", "mask"], grads, want):
-        np.testing.assert_allclose(got.numpy(), exp, atol=1e-6, rtol=0,
+        np.testing.assert_allclose(got.numpy(), exp, atol=atol, rtol=0,
                                    err_msg=f"gradient for {name} {label}")
 
 
@@ -439,6 +439,41 @@ def test_every_kernel_path_matches_numpy_definition(stride, dil, offset_groups, 
     assert len(calls) == (2 if path == "xla_kernels" else 0)  # forward + backward
     _assert_matches_numpy(out, grads, x, offsets, kernel, bias, mask, stride, dil, upstream,
                           path)
+
+
+@pytest.mark.parametrize("stride,dil,offset_groups,groups,modulated", _PATH_CASES)
+def test_float32_crop_kernels_match_numpy_definition(stride, dil, offset_groups, groups,
+                                                     modulated, monkeypatch):
+    """float32 outside XLA: columns by 1x1 crop_and_resize, input gradient by
+    CropAndResizeGradImage. Some offsets are whole numbers, so samples fall exactly on pixels,
+    on the row/column -1 and on H / W (the border rule), and on the padded frame's edge."""
+    from custom_ops import deform_conv as module
+
+    calls = []
+    original = module._crop_plan
+    monkeypatch.setattr(module, "_crop_plan", lambda *a: calls.append(1) or original(*a))
+    rng = np.random.default_rng(200 + _PATH_CASES.index((stride, dil, offset_groups, groups,
+                                                         modulated)))
+    x, offsets, kernel, bias, mask = (
+        None if a is None else a.astype(np.float32)
+        for a in _case(rng, stride=stride, dil=dil, offset_groups=offset_groups, groups=groups,
+                       modulated=modulated))
+    offsets[0] = np.round(offsets[0])  # whole-pixel offsets in the first image
+    offsets[1, 0, :, 0::2] = -1.0  # first output row: taps on rows -2, -1 (zero) and up
+    offsets[1, -1, :, 0::2] = x.shape[1] - 1.0  # last output row: taps on rows >= H - 1
+    args = [tf.constant(a) for a in (x, offsets, kernel, bias) + ((mask,) if modulated else ())]
+    probe = deform_conv2d(*args[:4], mask=args[4] if modulated else None, strides=stride,
+                          padding=1, dilation_rate=dil)
+    upstream = rng.normal(size=probe.shape).astype(np.float32)
+    with tf.GradientTape() as tape:
+        tape.watch(args)
+        out = deform_conv2d(*args[:4], mask=args[4] if modulated else None, strides=stride,
+                            padding=1, dilation_rate=dil)
+    grads = tape.gradient(out, args, output_gradients=tf.constant(upstream))
+    assert len(calls) == 3  # probe, forward, backward
+    _assert_matches_numpy(out, grads, *(None if a is None else a.astype(np.float64)
+                                        for a in (x, offsets, kernel, bias, mask)),
+                          stride, dil, upstream.astype(np.float64), "float32", atol=1e-4)
 
 
 class _DeformOp(keras.layers.Layer):

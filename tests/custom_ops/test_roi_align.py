@@ -319,3 +319,52 @@ def test_multiscale_roi_align_errors(kwargs, error, match):
     args.update(kwargs)
     with pytest.raises(error, match=match):
         multiscale_roi_align(**args)
+
+
+@pytest.mark.parametrize("aligned", [True, False])
+@pytest.mark.parametrize("scale", [1.0, 0.25])
+def test_float32_gradient_by_crop_and_resize_kernel_matches_numpy(aligned, scale, monkeypatch):
+    # float32 with a fixed sampling_ratio, outside XLA: the gradient is TensorFlow's
+    # CropAndResizeGradImage on the edge-padded map (float64 keeps the exact scatter).
+    roi_module = importlib.import_module("custom_ops.roi_align")
+    calls = []
+    original = roi_module._crop_gradient
+    monkeypatch.setattr(roi_module, "_crop_gradient", lambda *a: calls.append(1) or original(*a))
+    boxes = _case(scale)
+    dy = _RNG.normal(size=(len(boxes), 3, 2, 3))
+    want, want_grad = np_roi_align(_FEATURES, boxes, _BOX_INDICES, (3, 2), scale, 2, aligned, dy)
+    feats = tf.constant(_FEATURES.astype(np.float32))
+    with tf.GradientTape() as tape:
+        tape.watch(feats)
+        got = custom_ops.roi_align(feats, boxes.astype(np.float32), _BOX_INDICES, (3, 2), scale,
+                                   2, aligned)
+        loss = tf.reduce_sum(got * dy.astype(np.float32))
+    grad = tape.gradient(loss, feats)
+    assert calls
+    np.testing.assert_allclose(got.numpy(), want, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(grad.numpy(), want_grad, atol=1e-5, rtol=0)
+
+
+def test_float32_multiscale_gradient_matches_numpy_per_level():
+    maps = [_RNG.normal(size=(2, 64 // s, 64 // s, 2)) for s in (4, 8, 16, 32)]
+    # FPN levels 2, 3, 5, 2 (sides 16, 112, 1000, zero area; the rule is tested in
+    # tests/kcv/layers/test_roi.py): level 4 gets no box and a zero gradient.
+    boxes = np.array([[0.0, 0.0, 16.0, 16.0], [10.0, 10.0, 122.0, 122.0],
+                      [0.0, 0.0, 1000.0, 1000.0], [3.0, 3.0, 3.0, 9.0]])
+    levels = [2, 3, 5, 2]
+    idx = np.array([0, 0, 1, 1], np.int32)
+    dy = _RNG.normal(size=(4, 3, 3, 2))
+    tensors = [tf.constant(m.astype(np.float32)) for m in maps]
+    with tf.GradientTape() as tape:
+        tape.watch(tensors)
+        got = multiscale_roi_align(tensors, boxes.astype(np.float32), idx, 3, _SCALES, 2)
+        loss = tf.reduce_sum(got * dy.astype(np.float32))
+    grads = tape.gradient(loss, tensors)
+    want_grads = [np.zeros_like(m) for m in maps]
+    for i, lv in enumerate(levels):
+        want, want_grad = np_roi_align(maps[lv - 2], boxes[i:i + 1], idx[i:i + 1], (3, 3),
+                                       _SCALES[lv - 2], 2, True, dy[i:i + 1])
+        np.testing.assert_allclose(got[i].numpy(), want[0], atol=1e-5, rtol=0)
+        want_grads[lv - 2] += want_grad
+    for g, w in zip(grads, want_grads):
+        np.testing.assert_allclose(g.numpy(), w, atol=1e-5, rtol=0)

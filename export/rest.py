@@ -264,13 +264,16 @@ class ModelServer(ThreadingHTTPServer):
         return self._models[version]
 
 
-def serve(base_path, model_name, host="127.0.0.1", port=8501, verbose=True):
+def serve(base_path, model_name, host="127.0.0.1", port=8501, verbose=True, ready=None):
     """Serves a versioned SavedModel folder over TF Serving's REST API until interrupted.
 
     Args:
         base_path, model_name, host, port, verbose: as `ModelServer`.
+        ready: optional `fn(server)` called once the server listens (e.g. to print its URL).
     """
     server = ModelServer(base_path, model_name, host=host, port=port, verbose=verbose)
+    if ready is not None:
+        ready(server)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 
-from export._litert import interpreter
+from export._litert import tflite_ops
 from export.tflite import run_tflite
 
 __all__ = ["accuracy", "latency_ms", "plot_modes", "predict"]
@@ -163,6 +163,4 @@ def plot_modes(rows, path, metric=None, title="Export modes"):
 
 def ops_and_size(tflite):
     """`(sorted op names, bytes)` of a `.tflite` path or content."""
-    interp = interpreter(tflite)
-    details = interp._get_ops_details()  # see export/_litert.py PRIVATE_ATTRIBUTES
-    return sorted({d["op_name"] for d in details}), tflite_size(tflite)
+    return tflite_ops(tflite), tflite_size(tflite)

@@ -9,6 +9,7 @@ import contextlib
 import os
 import re
 import tempfile
+import warnings
 
 import numpy as np
 import tensorflow as tf
@@ -109,7 +110,7 @@ def _find_flex_ops(model, specs):
 
 def convert_to_tflite(model, quantization=None, representative_data=None, batch_size=1,
                       int8_io=False, input_shapes=None, io_dtype=None, calibration_steps=None,
-                      progress=False, float_ops=None):
+                      progress=False, float_ops=None, keep_float=None):
     """Converts a Keras model to TFLite flatbuffer bytes with builtin ops only.
 
     Args:
@@ -134,6 +135,10 @@ def convert_to_tflite(model, quantization=None, representative_data=None, batch_
         float_ops: with `"int8"`, keep the model in float where full-integer kernels do not
             exist (`TFLITE_BUILTINS` allowed beside `TFLITE_BUILTINS_INT8`, so e.g. a ViT's
             layer norms may run in float); default `False`: integer kernels only.
+        keep_float: with `"int8"`, TFLite op names (e.g. `["SOFTMAX", "FULLY_CONNECTED"]`)
+            left in float32 while the rest is quantized (selective quantization through
+            `tf.lite.experimental.QuantizationDebugger`'s `denylisted_ops`): the way to keep
+            the accuracy where int8 loses it.
 
     Returns:
         `bytes` of the `.tflite` model.
@@ -157,12 +162,29 @@ def convert_to_tflite(model, quantization=None, representative_data=None, batch_
     if quantization == "int8":
         representative_data = _representative(model, representative_data, specs,
                                               calibration_steps, progress)
+    if keep_float is not None and (quantization != "int8" or isinstance(keep_float, str)):
+        raise ValueError("`keep_float` is a list of TFLite op names for quantization='int8'. "
+                         f"Received: keep_float={keep_float!r}, quantization={quantization!r}")
     with _converter(model, specs) as conv:
         return _convert(conv, model, specs, quantization, representative_data, io_dtype,
-                        bool(float_ops))
+                        bool(float_ops), keep_float)
 
 
-def _convert(conv, model, specs, quantization, representative, io_dtype, float_ops):
+def _selective(conv, representative, io_dtype, keep_float):
+    """Full-integer conversion with the ops named in `keep_float` left in float."""
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
+                                      tf.lite.OpsSet.TFLITE_BUILTINS]
+    options = tf.lite.experimental.QuantizationDebugOptions(
+        denylisted_ops=list(keep_float), fully_quantize=io_dtype != "float32")
+    with warnings.catch_warnings():  # the debugger runs the deprecated tf.lite.Interpreter
+        warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")
+        debugger = tf.lite.experimental.QuantizationDebugger(
+            converter=conv, debug_dataset=representative, debug_options=options)
+        return debugger.get_nondebug_quantized_model()
+
+
+def _convert(conv, model, specs, quantization, representative, io_dtype, float_ops,
+             keep_float=None):
     conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     if quantization == "float16":
         conv.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -179,6 +201,8 @@ def _convert(conv, model, specs, quantization, representative, io_dtype, float_o
             conv.inference_input_type = getattr(tf, io_dtype)
             conv.inference_output_type = getattr(tf, io_dtype)
     try:
+        if keep_float:
+            return _selective(conv, representative, io_dtype, keep_float)
         return conv.convert()
     except Exception as err:  # the converter raises ConverterError with a long log
         text = str(err)

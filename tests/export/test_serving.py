@@ -159,3 +159,4 @@ def test_bad_serving_arguments(unet, tmp_path):
     two = keras.Model(unet.inputs, [unet.outputs[0], unet.outputs[0]])
     with pytest.raises(ValueError, match="2 outputs"):
         export.to_saved_model(two, tmp_path / "b", serving="uint8")
+

@@ -1,6 +1,6 @@
 """CycleGAN between handwritten digits (A) and their inverted versions (B), unpaired.
 
-    python examples/cyclegan.py [--out runs/generative] [--steps 300]   (about 5 minutes on 2 CPU cores)
+    python examples/cyclegan.py [--out runs/generative] [--steps 300] [--identity-weight 0]
 
 scikit-learn's 8x8 digits (nothing downloads), resized to 32x32 and scaled to [-1, 1], are
 split: one half gives domain A (dark digits on white), the other half, inverted, domain B
@@ -8,17 +8,29 @@ split: one half gives domain A (dark digits on white), the other half, inverted,
 with ResNet generators (6 residual blocks, narrow) and 70x70 PatchGAN discriminators learns
 G: A -> B and F: B -> A from these unpaired sets.
 
+The identity loss is off here (`--identity-weight 0`; the model's default is Zhu et al.'s 0.5).
+It asks G to leave B images as they are, G(b) = b, while the translation asks G(a) = -a: on this
+pair no per-pixel map does both (a dark pixel must stay dark in b and turn light in a), so G
+must first tell the domain of its whole input, and with the identity loss on, training finds
+a different way out: G(a) looks like a B image but hides the digit (Chu et al. 2017), and the
+classifiers below recognise 0-11% of translated digits. Without it the cycle and adversarial
+losses alone lead to the inversion. Zhu et al. add the identity loss for painting -> photo
+(section 5.2), where the translation should keep the colours, which is not the case here.
+
 The outside measure: a logistic-regression digit classifier trained on real B images
 (scikit-learn) labels translated images G(a) of held-out A digits; if G keeps the digit while
 changing the domain, its accuracy on G(a) approaches its accuracy on real held-out B images
 (and stays far from its accuracy on the untranslated a). The same is done for F with a
 classifier trained on A. Writes `cyclegan_translations.png` (rows: a, G(a), F(G(a)), then
-b, F(b), G(F(b))) and `cyclegan_results.json`.
+b, F(b), G(F(b))) and `cyclegan_results.json`. Measured with the defaults (2026-12-01): the
+classifier on B recognises 95.0% of G(a), the one on A 96.5% of F(b); training took 97 s of
+CPU time.
 """
 
 import argparse
 import json
 import os
+import time
 
 import keras
 import matplotlib
@@ -57,7 +69,7 @@ def accuracy(model, images, labels):
     return float(model.score(np.asarray(images).reshape(len(images), -1), labels))
 
 
-def build(filters, blocks, seed):
+def build(filters, blocks, identity_weight, seed):
     keras.utils.set_random_seed(seed)
     shape = (SIZE, SIZE, 1)
 
@@ -69,7 +81,7 @@ def build(filters, blocks, seed):
         return kcv.models.PatchGANDiscriminator(shape, filters=filters, name=name)
 
     return kcv.models.CycleGAN(generator("g_ab"), generator("g_ba"), discriminator("d_a"),
-                               discriminator("d_b"), seed=seed)
+                               discriminator("d_b"), identity_weight=identity_weight, seed=seed)
 
 
 def save_rows(path, rows, titles):
@@ -93,6 +105,10 @@ def main(argv=None):
     parser.add_argument("--blocks", type=int, default=6)
     parser.add_argument("--lr", type=float, default=1e-3,
                         help="Adam rate of both players (Zhu et al.: 2e-4 over 200 epochs)")
+    parser.add_argument("--identity-weight", type=float, default=0.0,
+                        help="identity loss weight relative to lambda (Zhu et al.: 0.5 for "
+                             "painting -> photo; it fights an inversion, see above)")
+    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
 
@@ -101,10 +117,12 @@ def main(argv=None):
     n = min(len(a), len(b))
     data = (tf.data.Dataset.from_tensor_slices((a[:n], b[:n]))
             .shuffle(n, seed=0).repeat().batch(args.batch_size, drop_remainder=True))
-    cyclegan = build(args.filters, args.blocks, seed=0)
+    cyclegan = build(args.filters, args.blocks, args.identity_weight, seed=args.seed)
     cyclegan.compile(keras.optimizers.Adam(args.lr, beta_1=0.5),
                      keras.optimizers.Adam(args.lr, beta_1=0.5))
+    start = time.perf_counter(), time.process_time()
     history = cyclegan.fit(data, steps_per_epoch=args.steps, epochs=1, verbose=0)
+    wall, cpu = time.perf_counter() - start[0], time.process_time() - start[1]
 
     g_a = cyclegan.generator_ab.predict(a_test, verbose=0)
     f_b = cyclegan.generator_ba.predict(b_test, verbose=0)
@@ -112,7 +130,9 @@ def main(argv=None):
     f_b_cycle = cyclegan.generator_ab.predict(f_b, verbose=0)
     results = {
         "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "filters": args.filters,
-        "residual_blocks": args.blocks,
+        "residual_blocks": args.blocks, "identity_weight": args.identity_weight,
+        "seed": args.seed,
+        "train_seconds": {"wall": round(wall, 1), "cpu": round(cpu, 1)},
         "last_losses": {k: round(float(v[-1]), 4) for k, v in history.history.items()},
         "classifier_on_B": {"real_B": accuracy(on_b, b_test, yb_test),
                             "G(a)": accuracy(on_b, g_a, ya_test),
@@ -136,7 +156,8 @@ def main(argv=None):
           f"untranslated a {c_b['untranslated_a']:.3f}; trained on A: real A "
           f"{c_a['real_A']:.3f}, F(b) {c_a['F(b)']:.3f}, untranslated b "
           f"{c_a['untranslated_b']:.3f}; cycle MAE a {results['cycle_mae']['a']:.3f}, "
-          f"b {results['cycle_mae']['b']:.3f}; figures in {args.out}")
+          f"b {results['cycle_mae']['b']:.3f}; training {cpu:.0f} s of CPU ({wall:.0f} s wall); "
+          f"figures in {args.out}")
 
 
 if __name__ == "__main__":

@@ -31,8 +31,14 @@ def input_specs(model, batch_size=None, input_shapes=None):
             example features `[N, H, W, C]` and boxes `[K, 4]`).
 
     Returns:
-        A list of `tf.TensorSpec`, one per model input, in `model.inputs` order.
+        A list of `tf.TensorSpec`, one per model input, in `model.inputs` order (for a model
+        with a `serving_signature` hook, its float32 inputs; see `serving_function`).
     """
+    if hasattr(model, "serving_signature"):
+        specs = model.serving_signature("float32", batch_size)[1]
+        if input_shapes is not None:
+            specs = [tf.TensorSpec(s, spec.dtype, spec.name) for s, spec in zip(input_shapes, specs)]
+        return specs
     if not getattr(model, "inputs", None):
         raise ValueError(
             "`model` must be a built Keras model with defined inputs (a functional model, or a "
@@ -54,9 +60,24 @@ def input_names(model):
     return [spec.name for spec in input_specs(model)]
 
 
+def serving_function(model, dtype):
+    """The model's own serving function for `dtype` (`"uint8"` or `"float32"`) inputs, or None.
+
+    A model that serves something other than its raw call (kcv's detectors: uint8 pixels in,
+    four named detections out) says so with a `serving_signature(dtype, batch_size)` method
+    returning `(fn, input_specs)`, and names its outputs in `serving_output_names`.
+    """
+    if not hasattr(model, "serving_signature"):
+        return None
+    return model.serving_signature(dtype, None)[0]
+
+
 def output_names(model):
-    """Names for a model's outputs: the dict keys for a dict-output model (sorted, the order in
-    which Keras flattens a dict), otherwise the Keras output layer names, made unique."""
+    """Names for a model's outputs: `model.serving_output_names` when the model has them, the
+    dict keys for a dict-output model (sorted, the order in which Keras flattens a dict),
+    otherwise the Keras output layer names, made unique."""
+    if getattr(model, "serving_output_names", None):
+        return list(model.serving_output_names)
     if isinstance(getattr(model, "output", None), dict):
         return sorted(model.output)
     names = []

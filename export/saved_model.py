@@ -30,6 +30,11 @@ def to_saved_model(model, path, overwrite=False, batch_size=None, serving=None,
     The SavedModel holds the traced graph and the weights only, so a process that cannot import
     kcv (TF Serving, `tf.saved_model.load`) runs it.
 
+    A model with a `serving_signature(dtype, batch_size)` method (kcv's detectors) is served
+    through it: with `serving=None`, `serving_default` takes uint8 `images` `[B, H, W, 3]` and
+    returns `boxes`, `scores`, `classes`, `num_detections`; with `serving="uint8"`/`"float"` its
+    float32 function (images in [0, 1]) is the model of the signatures above (pass `image_size`).
+
     Args:
         model: a built Keras model (functional, or subclassed and called once).
         path: directory to write; TF Serving expects `models/<name>/<version>/`.
@@ -67,7 +72,11 @@ def to_saved_model(model, path, overwrite=False, batch_size=None, serving=None,
         path = os.path.join(os.fspath(path), str(version))
     path = prepare_path(path, overwrite)
     if serving is None:
-        write_saved_model(model, path, input_specs(model, batch_size=batch_size))
+        if hasattr(model, "serving_signature"):  # detectors: uint8 images in, named detections
+            serve, specs = model.serving_signature("uint8", batch_size)
+            write_saved_model(model, path, specs, serve)
+        else:
+            write_saved_model(model, path, input_specs(model, batch_size=batch_size))
         return path
     functions = serving_functions(model, task=task, preprocess=preprocess,
                                   image_size=image_size)
@@ -77,12 +86,16 @@ def to_saved_model(model, path, overwrite=False, batch_size=None, serving=None,
     return path
 
 
-def write_saved_model(model, path, specs):
-    """Writes the `serving_default` SavedModel of `model` for the given input specs."""
+def write_saved_model(model, path, specs, serve=None):
+    """Writes the `serving_default` SavedModel of `model` for the given input specs.
 
-    def serve(*args):
-        return named_outputs(model, model(list(args) if len(args) > 1 else args[0],
-                                          training=False))
+    `serve` is the function to export (default: the model's call, outputs named by
+    `output_names`).
+    """
+    if serve is None:
+        def serve(*args):
+            return named_outputs(model, model(list(args) if len(args) > 1 else args[0],
+                                              training=False))
 
     _write(model, path, {"serving_default": (serve, specs)})
 

@@ -16,6 +16,8 @@ images `[B, h, w, 3]` already preprocessed and at the model's input size, and re
 dict of named output tensors. The exporter then calls it instead of `model(images)`; for
 detection the dict must hold `boxes` (`[B, D, 4]`, `[y1, x1, y2, x2]` in the pixels of
 `images`), `scores` `[B, D]`, `classes` `[B, D]` and `num_detections` `[B]` (DESIGN.md).
+A model with the detectors' `serving_signature(dtype, batch_size)` hook (returning
+`(fn, input_specs)`) is run through its `"float32"` function instead.
 """
 
 import tensorflow as tf
@@ -116,6 +118,8 @@ def _is_probability(model):
 def _raw_outputs(model, images):
     if hasattr(model, "serving_outputs"):
         return model.serving_outputs(images)
+    if hasattr(model, "serving_signature"):  # kcv's detectors: float32 images in [0, 1]
+        return model.serving_signature("float32", None)[0](images)
     return model(images, training=False)
 
 

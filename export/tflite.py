@@ -14,7 +14,7 @@ import warnings
 import numpy as np
 import tensorflow as tf
 
-from export._common import input_specs, prepare_path
+from export._common import input_specs, prepare_path, serving_function
 from export._litert import interpreter, tflite_ops
 
 _QUANTIZATIONS = (None, "float16", "dynamic", "int8")
@@ -89,7 +89,7 @@ def _converter(model, specs):
 
     with tempfile.TemporaryDirectory(prefix="kcv_tflite_") as tmp:
         path = os.path.join(tmp, "saved_model")
-        write_saved_model(model, path, specs)
+        write_saved_model(model, path, specs, serving_function(model, "float32"))
         yield tf.lite.TFLiteConverter.from_saved_model(path, signature_keys=["serving_default"])
 
 
@@ -112,6 +112,10 @@ def convert_to_tflite(model, quantization=None, representative_data=None, batch_
                       int8_io=False, input_shapes=None, io_dtype=None, calibration_steps=None,
                       progress=False, float_ops=None, keep_float=None):
     """Converts a Keras model to TFLite flatbuffer bytes with builtin ops only.
+
+    A model with a `serving_signature(dtype, batch_size)` method (kcv's detectors) is converted
+    through it with `dtype="float32"`: float32 `images` in [0, 1], outputs named by its
+    `serving_output_names` (`boxes`, `scores`, `classes`, `num_detections`).
 
     Args:
         model: a built Keras model.
@@ -145,7 +149,8 @@ def convert_to_tflite(model, quantization=None, representative_data=None, batch_
 
     Raises:
         FlexOpsError: the model needs ops that are not TFLite builtins; lists them.
-        ValueError: unknown `quantization`, or `"int8"` without `representative_data`.
+        ValueError: unknown `quantization`, `"int8"` without `representative_data`, or
+            `"int8"` for a detector (TensorFlow's calibrator crashes on its NMS loops).
     """
     if quantization not in _QUANTIZATIONS:
         raise ValueError(
@@ -158,6 +163,13 @@ def convert_to_tflite(model, quantization=None, representative_data=None, batch_
     if io_dtype != "float32" and quantization != "int8":
         raise ValueError(f"`io_dtype={io_dtype!r}` needs quantization='int8'. Received: "
                          f"quantization={quantization!r}")
+    if quantization == "int8" and hasattr(model, "serving_signature"):
+        raise ValueError(
+            "`quantization='int8'` is not available for detectors: TensorFlow 2.21's int8 "
+            "calibrator crashes the process (segfault) on the while-loops of their NMS. Use "
+            "quantization='dynamic' (int8 weights, float activations and I/O). "
+            f"Received: quantization={quantization!r}"
+        )
     specs = input_specs(model, batch_size=batch_size, input_shapes=input_shapes)
     if quantization == "int8":
         representative_data = _representative(model, representative_data, specs,

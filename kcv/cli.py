@@ -87,7 +87,8 @@ def _add_preprocess(p):
 
 def _parser():
     parser = _Parser(prog="kcv", description="kcv command-line tools: train segmentation "
-                     "models, run the learning-rate range test, export, receptive fields.")
+                     "models, run the learning-rate range test, export, convert torchvision "
+                     "detectors, receptive fields.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     t = sub.add_parser("train", help="train a segmentation model (resumable; multi-device "
@@ -175,6 +176,22 @@ def _parser():
     sv.add_argument("--name", default=None, help="model name in the URLs (default: folder name)")
     sv.add_argument("--host", default="127.0.0.1", help="address (default: 127.0.0.1)")
     sv.add_argument("--port", type=int, default=8501, help="port (default: 8501)")
+
+    c = sub.add_parser("convert-torchvision",
+                       help="convert a torchvision Faster R-CNN checkpoint to a Keras model",
+                       description="Convert a torchvision Faster R-CNN state dict (.pth, which "
+                       "needs torch: pip install kcv[torch]; or .npz) to a Keras model "
+                       "(OUT.keras) or weights (OUT.weights.h5, printed config to rebuild "
+                       "kcv.models.detection.TorchvisionFasterRCNN).")
+    c.add_argument("checkpoint", help="torchvision state dict: .pth or .npz")
+    c.add_argument("output", help="OUT.keras (model) or OUT.weights.h5 (weights)")
+    c.add_argument("--architecture", default="fasterrcnn_resnet50_fpn",
+                   help="torchvision builder name (default: fasterrcnn_resnet50_fpn)")
+    c.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    c.add_argument("--min-size", type=_positive_int, default=800,
+                   help="torchvision's min_size (default: 800)")
+    c.add_argument("--max-size", type=_positive_int, default=1333,
+                   help="torchvision's max_size (default: 1333)")
 
     r = sub.add_parser("receptive-field", help="receptive field of a model's output (or a layer)")
     r.add_argument("model", help=f"a .keras file or a builder name ({', '.join(sorted(_MODELS))})")
@@ -555,6 +572,27 @@ def _serve(args):
     rest.serve(args.base_path, name, host=args.host, port=args.port, ready=ready)
 
 
+def _convert_torchvision(args):
+    from kcv.models.detection.torchvision_port import faster_rcnn_from_torchvision
+
+    if not args.output.endswith((".keras", ".weights.h5")):
+        raise _Error(f"OUTPUT must end with .keras or .weights.h5, got {args.output!r}")
+    if not os.path.isfile(args.checkpoint):
+        raise _Error(f"no such checkpoint: {args.checkpoint!r}")
+    try:
+        model = faster_rcnn_from_torchvision(args.checkpoint, args.architecture, args.dtype,
+                                             min_size=args.min_size, max_size=args.max_size)
+    except ImportError as err:
+        raise _Error(str(err)) from err
+    if args.output.endswith(".keras"):
+        model.save(args.output)
+    else:
+        model.save_weights(args.output)
+    config = {k: v for k, v in model.get_config().items() if k not in ("name", "trainable")}
+    print(json.dumps({"architecture": args.architecture, "output": args.output,
+                      "config": config}, default=str))
+
+
 def _receptive_field(args):
     from kcv.utils import receptive_field
 
@@ -573,7 +611,8 @@ def _receptive_field(args):
 
 
 _COMMANDS = {"train": _train, "lr-find": _lr_find, "export": _export, "verify": _verify,
-             "serve": _serve, "receptive-field": _receptive_field}
+             "serve": _serve, "convert-torchvision": _convert_torchvision,
+             "receptive-field": _receptive_field}
 
 
 def main(argv=None):

@@ -130,6 +130,43 @@ def check_keras_reload(model, arrays, atol=1e-6):
         np.testing.assert_allclose(g, e, atol=atol, rtol=0, err_msg="`.keras` reload differs")
 
 
+def run_saved_model_without_kcv(path, inputs):
+    """Runs a SavedModel's `serving_default` in a fresh process where kcv cannot be imported.
+
+    As in TF Serving: `kcv` and `custom_ops` are made unimportable before TensorFlow loads the
+    model, so it must hold everything it needs.
+
+    Args:
+        path: the SavedModel directory.
+        inputs: dict `{signature input name: array}`.
+
+    Returns:
+        `(input_names, outputs)`: the signature's input names and a dict `{output name:
+        array}` of everything it returned.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        np.savez(os.path.join(tmp, "inputs.npz"), **inputs)
+        script = textwrap.dedent(f"""
+            import json, os, sys
+            sys.modules["kcv"] = None  # as in TF Serving: kcv is not importable
+            sys.modules["custom_ops"] = None
+            import numpy as np, tensorflow as tf
+            fn = tf.saved_model.load({os.fspath(path)!r}).signatures["serving_default"]
+            feed = dict(np.load(os.path.join({tmp!r}, "inputs.npz")))
+            out = fn(**{{k: tf.constant(v) for k, v in feed.items()}})
+            np.savez(os.path.join({tmp!r}, "outputs.npz"), **{{k: v.numpy() for k, v in out.items()}})
+            with open(os.path.join({tmp!r}, "names.json"), "w") as f:
+                json.dump(sorted(fn.structured_input_signature[1]), f)
+        """)
+        proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                              timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        with open(os.path.join(tmp, "names.json")) as f:
+            names = json.load(f)
+        outputs = dict(np.load(os.path.join(tmp, "outputs.npz")))
+    return names, outputs
+
+
 def check_mixed_precision(factory, arrays, reference_model, rtol=5e-2, train=True):
     """Forward pass and one training step under `mixed_float16`.
 

@@ -1,10 +1,7 @@
 """Export: SavedModel served without kcv, TFLite conversions, Flex refusal, verification."""
 
 import os
-import subprocess
-import sys
 import tempfile
-import textwrap
 
 import keras
 import numpy as np
@@ -13,6 +10,8 @@ import tensorflow as tf
 
 import export
 from kcv.models import UNet
+
+from kcv_testing import run_saved_model_without_kcv
 
 
 @pytest.fixture(scope="module")
@@ -28,24 +27,9 @@ def images():
 
 def test_saved_model_runs_in_a_process_that_cannot_import_kcv(unet, images, tmp_path):
     path = export.to_saved_model(unet, tmp_path / "unet" / "1")
-    np.save(tmp_path / "x.npy", images)
-    script = textwrap.dedent(f"""
-        import sys
-        sys.modules["kcv"] = None  # as in TF Serving: kcv is not importable
-        sys.modules["custom_ops"] = None
-        import numpy as np, tensorflow as tf
-        loaded = tf.saved_model.load({str(path)!r})
-        fn = loaded.signatures["serving_default"]
-        inputs = list(fn.structured_input_signature[1])
-        out = fn(image=tf.constant(np.load({str(tmp_path / 'x.npy')!r})))
-        print(inputs, sorted(out))
-        np.save({str(tmp_path / 'y.npy')!r}, out["probabilities"].numpy())
-    """)
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "['image'] ['probabilities']" in proc.stdout
-    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), unet(images), atol=1e-6)
+    names, out = run_saved_model_without_kcv(path, {"image": images})
+    assert names == ["image"] and sorted(out) == ["probabilities"]
+    np.testing.assert_allclose(out["probabilities"], unet(images), atol=1e-6)
 
 
 def test_existing_export_needs_overwrite(unet, tmp_path):

@@ -34,7 +34,8 @@ def _last_json(out):
     return json.loads(out.strip().splitlines()[-1])
 
 
-_COMMANDS = ("train", "lr-find", "export", "verify", "serve", "receptive-field")
+_COMMANDS = ("train", "lr-find", "export", "verify", "serve", "convert-torchvision",
+             "receptive-field")
 
 
 def _python_m_kcv(*args, timeout=120):

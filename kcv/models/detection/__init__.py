@@ -1,6 +1,10 @@
 """kcv.models.detection: the pieces of two-stage detectors (anchors, matching, sampling, ...)."""
 
-from kcv.models.detection.anchors import AnchorGenerator, generate_anchors
+from kcv.models.detection.anchors import (
+    AnchorGenerator,
+    SingleLevelAnchorGenerator,
+    generate_anchors,
+)
 from kcv.models.detection.faster_rcnn import FasterRCNN
 from kcv.models.detection.fpn import FPN
 from kcv.models.detection.matcher import (
@@ -17,4 +21,12 @@ from kcv.models.detection.roi_heads import (
     roi_targets,
 )
 from kcv.models.detection.rpn import RPNHead, generate_proposals, rpn_loss, rpn_targets
-from kcv.models.detection.sampler import BalancedPositiveNegativeSampler, first_true_indices
+from kcv.models.detection.sampler import (
+    BalancedPositiveNegativeSampler,
+    first_true_indices,
+    image_seeds,
+)
+from kcv.models.detection.torchvision_port import (
+    TorchvisionFasterRCNN,
+    faster_rcnn_from_torchvision,
+)

@@ -209,3 +209,68 @@ class AnchorGenerator(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "sizes": self.sizes, "aspect_ratios": self.aspect_ratios}
+
+
+@keras.saving.register_keras_serializable(package="kcv")
+class SingleLevelAnchorGenerator(keras.layers.Layer):
+    """The paper's anchors (`generate_anchors`) over one feature map, as a layer.
+
+    For the single-level Faster R-CNN (VGG16 conv5_3 at stride 16): the grid is the feature
+    map's, `H_f x W_f` cells of `stride` pixels, with `len(ratios) * len(scales)` anchors per
+    cell (9 by default), in `generate_anchors`' order.
+
+    Args:
+        stride: feature map stride in pixels (16 for VGG16 conv5_3).
+        scales, ratios, base_size: as `generate_anchors` (default `(8, 16, 32)`,
+            `(0.5, 1.0, 2.0)`, 16).
+        **kwargs: base `Layer` arguments.
+
+    Call arguments:
+        inputs: `[images [B, H, W, C], feature [B, H_f, W_f, C_f]]`; only the feature map's
+            shape is read.
+
+    Returns:
+        float32 `[H_f * W_f * len(ratios) * len(scales), 4]` yxyx anchors in image pixels.
+
+    Example:
+        >>> gen = SingleLevelAnchorGenerator(16)
+        >>> gen([tf.zeros([1, 64, 64, 3]), tf.zeros([1, 4, 4, 8])]).shape
+        TensorShape([144, 4])
+
+    Reference:
+        Ren et al., "Faster R-CNN", NeurIPS 2015 (section 3.1.1).
+    """
+
+    def __init__(self, stride=16, scales=(8, 16, 32), ratios=(0.5, 1.0, 2.0), base_size=16,
+                 **kwargs):
+        super().__init__(**kwargs)
+        generate_anchors((1, 1), stride, scales, ratios, base_size)  # validates the arguments
+        self.stride = stride
+        self.scales = tuple(scales)
+        self.ratios = tuple(ratios)
+        self.base_size = base_size
+
+    def num_anchors_per_location(self):
+        """Anchors per feature-map cell, as a one-level list (as `AnchorGenerator`)."""
+        return [len(self.scales) * len(self.ratios)]
+
+    def call(self, inputs):
+        if not isinstance(inputs, (list, tuple)) or len(inputs) != 2:
+            raise ValueError("SingleLevelAnchorGenerator expects [images, feature map]. "
+                             f"Received: {type(inputs)} inputs")
+        grid = tf.shape(inputs[1])[1:3]
+        return generate_anchors(grid * self.stride, self.stride, self.scales, self.ratios,
+                                self.base_size)
+
+    def compute_output_shape(self, input_shape):
+        h, w = input_shape[1][1:3]
+        n = None if h is None or w is None else h * w * self.num_anchors_per_location()[0]
+        return (n, 4)
+
+    def compute_output_spec(self, inputs):
+        shapes = [tuple(x.shape) for x in inputs] if isinstance(inputs, (list, tuple)) else inputs
+        return keras.KerasTensor(self.compute_output_shape(shapes), "float32")
+
+    def get_config(self):
+        return {**super().get_config(), "stride": self.stride, "scales": self.scales,
+                "ratios": self.ratios, "base_size": self.base_size}

@@ -13,8 +13,9 @@ import tensorflow as tf
 from custom_ops import boxes as box_ops
 from custom_ops.nms import batched_nms
 from kcv.layers._checks import check_positive_int
-from kcv.layers.roi import MultiScaleRoIAlign
-from kcv.losses.detection import smooth_l1_loss
+from kcv.layers.roi import MultiScaleRoIAlign, RoIPool
+from kcv.losses.detection import box_iou_loss, smooth_l1_loss
+from kcv.models._checks import check_one_of
 from kcv.models.detection.matcher import (
     BETWEEN_THRESHOLDS,
     Matcher,
@@ -24,6 +25,8 @@ from kcv.models.detection.matcher import (
 from kcv.models.detection.sampler import BalancedPositiveNegativeSampler, first_true_indices
 
 BOX_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
+POOLERS = ("roi_align", "roi_pool")
+BOX_LOSSES = ("smooth_l1", "giou")
 
 
 
@@ -44,6 +47,9 @@ class RoIBoxHead(keras.layers.Layer):
             `(1/4, 1/8, 1/16, 1/32)`).
         sampling_ratio: RoIAlign samples per bin side (2).
         aligned: RoIAlign half-pixel shift (default False, as torchvision's MultiScaleRoIAlign).
+        pooler: `"roi_align"` (default, `MultiScaleRoIAlign` over the maps) or `"roi_pool"`
+            (Fast R-CNN's `RoIPool` max pooling on a single map, `spatial_scales` of one
+            entry, e.g. `(1 / 16,)` for VGG16 conv5_3; `sampling_ratio` and `aligned` unused).
         **kwargs: base `Layer` arguments.
 
     Call arguments:
@@ -65,18 +71,27 @@ class RoIBoxHead(keras.layers.Layer):
 
     def __init__(self, num_classes, representation_size=1024, output_size=7,
                  spatial_scales=(0.25, 0.125, 0.0625, 0.03125), sampling_ratio=2, aligned=False,
-                 **kwargs):
+                 pooler="roi_align", **kwargs):
         super().__init__(**kwargs)
         check_positive_int("num_classes", num_classes)
         check_positive_int("representation_size", representation_size)
+        check_one_of("pooler", pooler, POOLERS)
+        if pooler == "roi_pool" and len(spatial_scales) != 1:
+            raise ValueError("`pooler='roi_pool'` pools a single feature map: `spatial_scales` "
+                             f"needs one entry. Received: spatial_scales={spatial_scales!r}")
         self.num_classes = num_classes
         self.representation_size = representation_size
         self.output_size = output_size
         self.spatial_scales = spatial_scales
         self.sampling_ratio = sampling_ratio
         self.aligned = aligned
-        self.roi_align = MultiScaleRoIAlign(output_size, spatial_scales, sampling_ratio, aligned,
-                                            dtype=self.dtype_policy, name="roi_align")
+        self.pooler = pooler
+        if pooler == "roi_pool":
+            self.roi_pool = RoIPool(output_size, spatial_scales[0], dtype=self.dtype_policy,
+                                    name="roi_pool")
+        else:
+            self.roi_align = MultiScaleRoIAlign(output_size, spatial_scales, sampling_ratio,
+                                                aligned, dtype=self.dtype_policy, name="roi_align")
         dense = dict(dtype=self.dtype_policy)
         self.fc6 = keras.layers.Dense(representation_size, activation="relu", name="fc6", **dense)
         self.fc7 = keras.layers.Dense(representation_size, activation="relu", name="fc7", **dense)
@@ -109,7 +124,8 @@ class RoIBoxHead(keras.layers.Layer):
         batch, num = tf.shape(rois)[0], tf.shape(rois)[1]
         flat = tf.reshape(rois, [-1, 4])
         indices = tf.repeat(tf.range(batch), num)
-        pooled = self.roi_align([*maps, flat, indices])
+        pool = self.roi_pool if self.pooler == "roi_pool" else self.roi_align
+        pooled = pool([*maps, flat, indices])
         x = tf.reshape(pooled, [tf.shape(pooled)[0], -1])
         x = self.fc7(self.fc6(x))
         logits = tf.reshape(self.cls_score(x), [batch, num, self.num_classes + 1])
@@ -124,7 +140,8 @@ class RoIBoxHead(keras.layers.Layer):
         return {**super().get_config(), "num_classes": self.num_classes,
                 "representation_size": self.representation_size,
                 "output_size": self.output_size, "spatial_scales": self.spatial_scales,
-                "sampling_ratio": self.sampling_ratio, "aligned": self.aligned}
+                "sampling_ratio": self.sampling_ratio, "aligned": self.aligned,
+                "pooler": self.pooler}
 
 
 def roi_targets(proposals, num_proposals, gt_boxes, gt_classes, seed, matcher=None,
@@ -140,7 +157,7 @@ def roi_targets(proposals, num_proposals, gt_boxes, gt_classes, seed, matcher=No
         proposals: float Tensor `[B, P, 4]` yxyx (e.g. from `generate_proposals`).
         num_proposals: int Tensor `[B]`, valid proposals per image (the first ones).
         gt_boxes: float Tensor `[B, M, 4]`, padded; `gt_classes`: int `[B, M]`, -1 padding.
-        seed: int Tensor `[2]` for the sampler.
+        seed: int Tensor `[2]` (or `[B, 2]`, one per image) for the sampler.
         matcher: default `Matcher(0.5, 0.5, allow_low_quality_matches=False)`.
         sampler: default `BalancedPositiveNegativeSampler(512, 0.25)`.
         add_gt_boxes: append the GT boxes to the candidates (default True, as torchvision).
@@ -184,17 +201,24 @@ def roi_targets(proposals, num_proposals, gt_boxes, gt_classes, seed, matcher=No
         return rois, labels, targets
 
 
-def roi_loss(class_logits, box_deltas, labels, targets, beta=1.0 / 9):
+def roi_loss(class_logits, box_deltas, labels, targets, beta=1.0 / 9, box_loss="smooth_l1",
+             rois=None):
     """torchvision's `fastrcnn_loss` over the valid sampled RoIs of the batch.
 
-    classifier = mean softmax cross-entropy over RoIs with `labels >= 0`; box = smooth L1
-    (`beta`) of the deltas predicted for the true class, summed over object RoIs and divided
-    by the number of valid RoIs.
+    classifier = mean softmax cross-entropy over RoIs with `labels >= 0`; box = the box loss
+    of the deltas predicted for the true class, summed over object RoIs and divided by the
+    number of valid RoIs: smooth L1 (`beta`) of the deltas, or with `box_loss="giou"` the GIoU
+    loss `1 - GIoU` (`kcv.losses.box_iou_loss`) between the predicted box (the deltas decoded
+    on the RoI, weights (10, 10, 5, 5)) and the matched ground-truth box (the targets decoded
+    on the same RoI), as torchvision's `_box_loss("giou", ...)`.
 
     Args:
         class_logits: `[B, S, num_classes + 1]`; box_deltas: `[B, S, num_classes + 1, 4]`.
         labels, targets: from `roi_targets` (-1 labels are left out).
         beta: smooth L1 transition point (1/9).
+        box_loss: `"smooth_l1"` (default) or `"giou"`.
+        rois: `[B, S, 4]` yxyx, the sampled RoIs the deltas refer to (from `roi_targets`);
+            needed by `box_loss="giou"`.
 
     Returns:
         `(classifier_loss, box_loss)`, float32 scalars.
@@ -205,7 +229,20 @@ def roi_loss(class_logits, box_deltas, labels, targets, beta=1.0 / 9):
         ...                     tf.zeros([1, 2, 4]))
         >>> round(float(cls), 4), float(box)
         (0.6931, 0.0)
+        >>> _, giou = roi_loss(logits, tf.zeros([1, 2, 2, 4]), tf.constant([[1, -1]]),
+        ...                    tf.zeros([1, 2, 4]), box_loss="giou",
+        ...                    rois=tf.constant([[[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 0.0, 0.0]]]))
+        >>> float(giou)  # the predicted box is the target: 1 - GIoU = 0
+        0.0
+
+    Reference:
+        Girshick, "Fast R-CNN", ICCV 2015; Rezatofighi et al., "Generalized Intersection over
+        Union", CVPR 2019.
     """
+    check_one_of("box_loss", box_loss, BOX_LOSSES)
+    if box_loss == "giou" and rois is None:
+        raise ValueError("`box_loss='giou'` decodes the deltas on their RoIs: pass `rois`. "
+                         "Received: rois=None")
     with tf.name_scope("roi_loss"):
         class_logits = tf.cast(class_logits, tf.float32)
         box_deltas = tf.cast(box_deltas, tf.float32)
@@ -214,8 +251,20 @@ def roi_loss(class_logits, box_deltas, labels, targets, beta=1.0 / 9):
         ce = tf.nn.sparse_softmax_cross_entropy_with_logits(tf.maximum(labels, 0), class_logits)
         classifier = tf.reduce_sum(tf.where(valid, ce, 0.0)) / count
         own = tf.gather(box_deltas, tf.maximum(labels, 0), batch_dims=2)  # [B, S, 4]
-        l1 = tf.reduce_sum(smooth_l1_loss(tf.stop_gradient(targets), own, beta=beta), -1)
-        box = tf.reduce_sum(tf.where(labels >= 1, l1, 0.0)) / count
+        targets = tf.stop_gradient(tf.cast(targets, tf.float32))
+        if box_loss == "giou":
+            # Non-object slots get a unit box and zero deltas: finite values and gradients.
+            objects = (labels >= 1)[..., None]
+            safe_rois = tf.where(objects, tf.cast(rois, tf.float32),
+                                 tf.constant([0.0, 0.0, 1.0, 1.0]))
+            predicted = box_ops.decode_boxes(tf.where(objects, own, 0.0), safe_rois,
+                                             weights=BOX_WEIGHTS)
+            matched = box_ops.decode_boxes(tf.where(objects, targets, 0.0), safe_rois,
+                                           weights=BOX_WEIGHTS)
+            per_roi = box_iou_loss(matched, predicted, mode="giou")
+        else:
+            per_roi = tf.reduce_sum(smooth_l1_loss(targets, own, beta=beta), -1)
+        box = tf.reduce_sum(tf.where(labels >= 1, per_roi, 0.0)) / count
         return classifier, box
 
 

@@ -252,7 +252,7 @@ def rpn_loss(objectness, deltas, labels, targets, seed, sampler=None, beta=1.0 /
         objectness: logits `[B, A]` (levels concatenated, the order of the anchors).
         deltas: `[B, A, 4]` predicted `[dy, dx, dh, dw]`.
         labels, targets: from `rpn_targets`.
-        seed: int Tensor `[2]` for the sampler.
+        seed: int Tensor `[2]` (or `[B, 2]`, one per image) for the sampler.
         sampler: a `BalancedPositiveNegativeSampler`; default `(256, 0.5)`.
         beta: smooth L1 transition point.
 

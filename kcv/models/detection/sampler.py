@@ -43,16 +43,49 @@ def _mix(x):
 
 
 def random_keys(shape, seed):
-    """Stateless pseudo-random non-negative int32 keys `[B, N]` from a `[2]` seed.
+    """Stateless pseudo-random non-negative int32 keys `[B, N]` from a `[2]` or `[B, 2]` seed.
 
     A counter-based hash of `(seed, position)`: the same numbers eagerly, in `tf.function` and
     under XLA, on every device (`tf.random.stateless_uniform` differs between TensorFlow's
-    kernels and XLA's).
+    kernels and XLA's). With one seed per row (`[B, 2]`) the position is the column, so a row's
+    keys depend only on its own seed, not on where the row sits in the batch.
     """
     seed = tf.cast(tf.convert_to_tensor(seed), tf.uint32)
-    counter = tf.cast(tf.reshape(tf.range(tf.reduce_prod(shape)), shape), tf.uint32)
-    x = _mix(_mix(tf.bitwise.bitwise_xor(counter, _mix(seed[0]))) + seed[1])
+    if seed.shape.rank == 2:
+        counter = tf.broadcast_to(tf.cast(tf.range(shape[1]), tf.uint32)[None], shape)
+        first, second = seed[:, :1], seed[:, 1:]
+    else:
+        counter = tf.cast(tf.reshape(tf.range(tf.reduce_prod(shape)), shape), tf.uint32)
+        first, second = seed[0], seed[1]
+    x = _mix(_mix(tf.bitwise.bitwise_xor(counter, _mix(first))) + second)
     return tf.cast(tf.bitwise.right_shift(x, 1), tf.int32)
+
+
+def image_seeds(seed, batch_size):
+    """One sampler seed per image, `[B, 2]`, from a step's `[2]` seed and the image's place.
+
+    The place is the image's index in the global batch: under `tf.distribute` a replica holds
+    the `replica_id`-th slice of `batch_size` images (MirroredStrategy splits a batch evenly),
+    so each image draws the same anchors and RoIs as it does on one device.
+
+    Args:
+        seed: int Tensor `[2]`.
+        batch_size: the images in this replica's batch (int or scalar int32 Tensor).
+
+    Returns:
+        int32 `[B, 2]`: `(seed[0], seed[1] + global index)` per image.
+
+    Example:
+        >>> image_seeds([5, 10], 3).numpy()
+        array([[ 5, 10],
+               [ 5, 11],
+               [ 5, 12]], dtype=int32)
+    """
+    seed = tf.cast(tf.convert_to_tensor(seed), tf.int32)
+    context = tf.distribute.get_replica_context()
+    replica = 0 if context is None else context.replica_id_in_sync_group
+    index = tf.cast(replica, tf.int32) * batch_size + tf.range(batch_size)
+    return tf.stack([tf.fill(tf.shape(index), seed[0]), seed[1] + index], axis=-1)
 
 
 def _take_random(candidates, count, k, keys):
@@ -83,7 +116,8 @@ class BalancedPositiveNegativeSampler:
 
     Call arguments:
         labels: int Tensor `[B, N]`: `>= 1` positive, `0` negative, `< 0` ignored.
-        seed: int Tensor `[2]` (e.g. drawn from a `keras.random.SeedGenerator` per step).
+        seed: int Tensor `[2]` (e.g. drawn from a `keras.random.SeedGenerator` per step), or
+            `[B, 2]`, one per image (`image_seeds`).
 
     Returns:
         `(positive, negative)`: bool Tensors `[B, N]`, the sampled items.

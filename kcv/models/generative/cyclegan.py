@@ -256,7 +256,11 @@ class CycleGAN(_common.AdversarialModel):
         discriminator_b: D_B, of domain-B images.
         cycle_weight: lambda of the cycle loss (default 10).
         identity_weight: weight of the identity loss relative to `cycle_weight` (default 0.5,
-            as Zhu et al.; 0 turns it off; needs A and B with the same channels).
+            as Zhu et al. for painting -> photo, section 5.2, and their code's default; 0 turns
+            it off; needs A and B with the same channels). It pulls G towards the identity on
+            B images and F on A images, so it suits translations that keep colours; it fights
+            one that changes them everywhere (e.g. an inversion, where it leads to hidden,
+            unreadable translations: see examples/cyclegan.py).
         pool_size: images in each history (default 50).
         seed: seed of the histories' random choices.
         **kwargs: `keras.Model` arguments (`name`, `dtype`, ...).

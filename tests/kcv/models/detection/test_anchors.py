@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kcv.models.detection import AnchorGenerator, generate_anchors
+from kcv.models.detection import AnchorGenerator, SingleLevelAnchorGenerator, generate_anchors
 
 from kcv_testing import check_config_round_trip
 
@@ -123,3 +123,16 @@ def test_errors():
         AnchorGenerator(((32,), (64,)), ((1.0,), (1.0,), (1.0,)))
     with pytest.raises(ValueError, match="expects \\[images, one feature map per level\\]"):
         AnchorGenerator(((32,),))([tf.zeros([1, 4, 4, 1])])
+
+
+def test_single_level_anchor_generator_by_hand():
+    gen = SingleLevelAnchorGenerator(16)
+    anchors = gen([tf.zeros([1, 64, 64, 3]), tf.zeros([1, 4, 4, 8])]).numpy()
+    assert anchors.shape == (4 * 4 * 9, 4) and gen.num_anchors_per_location() == [9]
+    # first cell, ratio 0.5, scale 32: 736 wide, 384 high around the centre 7.5 (+ 1 edge)
+    np.testing.assert_array_equal(anchors[2], [-184, -360, 200, 376])
+    # cell (row 1, col 2), ratio 1, scale 8: 128 x 128, x1 = 7.5 - 63.5 = -56, shifted (16, 32)
+    np.testing.assert_array_equal(anchors[(1 * 4 + 2) * 9 + 3], [-40, -24, 88, 104])
+    assert SingleLevelAnchorGenerator.from_config(gen.get_config()).get_config() == gen.get_config()
+    with pytest.raises(ValueError, match="`stride` must be a positive int. Received: stride=0"):
+        SingleLevelAnchorGenerator(0)

@@ -161,3 +161,76 @@ def test_errors():
     with pytest.raises(ValueError, match="`detections_per_image` must be a positive int"):
         postprocess_detections(np.zeros((1, 1, 2)), np.zeros((1, 1, 2, 4)), np.zeros((1, 1, 4)),
                                [1], (8, 8), detections_per_image=0)
+
+
+def test_roi_loss_giou_by_hand():
+    # RoI [0, 0, 10, 10] (yxyx), weights (10, 10, 5, 5):
+    # 1. deltas (0, 0, 0, 5 ln 2) widen it to x in [-5, 15]; the GT [0, 0, 10, 20]:
+    #    both 10 x 20, intersection 10 x 15 = 150, union 200 + 200 - 150 = 250, IoU 0.6; the
+    #    enclosing box [0, -5, 10, 20] has area 250 = the union: GIoU 0.6, loss 0.4.
+    # 2. zero deltas, GT [0, 20, 10, 30] (disjoint): IoU 0, enclosing 10 x 30 = 300, union
+    #    200: GIoU = -100 / 300, loss 4 / 3.
+    # 3. a background RoI and 4. an empty slot (-1): no box loss; 3 valid RoIs.
+    roi = [0.0, 0.0, 10.0, 10.0]
+    rois = np.array([[roi, roi, roi, [0.0, 0.0, 0.0, 0.0]]], np.float32)
+    gt = np.array([[0, 0, 10, 20], [0, 20, 10, 30]], np.float64)
+    labels = np.array([[1, 1, 0, -1]], np.int32)
+    # targets as roi_targets encodes them: ((cy, cx) offsets / size, log size ratios) x weights
+    targets = np.zeros((1, 4, 4), np.float32)
+    for i, (y1, x1, y2, x2) in enumerate(gt):
+        h, w = y2 - y1, x2 - x1
+        targets[0, i] = [10 * ((y1 + y2) / 2 - 5) / 10, 10 * ((x1 + x2) / 2 - 5) / 10,
+                         5 * np.log(h / 10), 5 * np.log(w / 10)]
+    deltas = np.zeros((1, 4, 2, 4), np.float32)
+    deltas[0, 0, 1] = [0, 0, 0, 5 * np.log(2)]
+    deltas[0, 2, 1] = [3, 3, 3, 3]  # the background RoI's class-1 deltas do not count
+    logits = np.zeros((1, 4, 2), np.float32)
+    cls, box = roi_loss(logits, deltas, labels, targets, box_loss="giou", rois=rois)
+    np.testing.assert_allclose(float(box), (0.4 + 4 / 3) / 3, rtol=1e-5)
+    np.testing.assert_allclose(float(cls), np.log(2), rtol=1e-5)
+    # the default smooth L1 on the same inputs is another number
+    _, l1 = roi_loss(logits, deltas, labels, targets, rois=rois)
+    assert abs(float(l1) - float(box)) > 0.1
+    # finite gradients (the empty slot's zero RoI is replaced by a unit box)
+    d = tf.Variable(deltas)
+    with tf.GradientTape() as tape:
+        _, box = roi_loss(logits, d, labels, targets, box_loss="giou", rois=rois)
+    grad = tape.gradient(box, d).numpy()
+    assert np.isfinite(grad).all() and not grad[0, 2:].any() and grad[0, 0, 1].any()
+
+
+def test_roi_box_head_roi_pool_vs_numpy():
+    rng = np.random.default_rng(5)
+    features = rng.normal(size=(2, 4, 4, 3)).astype(np.float32)
+    rois = np.array([[[0, 0, 63, 63], [16, 8, 40, 60]], [[5, 5, 30, 20], [0, 0, 16, 16]]],
+                    np.float32)
+    head = RoIBoxHead(2, representation_size=8, output_size=2, spatial_scales=(1 / 16,),
+                      pooler="roi_pool")
+    logits, _ = head([features, rois])
+    # Fast R-CNN RoIPool (torchvision's rule): round the box corners at 1/16, split the
+    # (end - start + 1) cells into 2 x 2 bins [floor(i * s), ceil((i + 1) * s)), max per bin.
+    pooled = []
+    for b in range(2):
+        for y1, x1, y2, x2 in rois[b] / 16:
+            sy, sx, ey, ex = (int(np.floor(v + 0.5)) for v in (y1, x1, y2, x2))
+            bh, bw = (ey - sy + 1) / 2, (ex - sx + 1) / 2
+            cells = [features[b, min(sy + int(np.floor(p * bh)), 4):min(sy + int(np.ceil((p + 1) * bh)), 4),
+                              min(sx + int(np.floor(q * bw)), 4):min(sx + int(np.ceil((q + 1) * bw)), 4)]
+                     .max(axis=(0, 1)) for p in range(2) for q in range(2)]
+            pooled.append(np.stack(cells).reshape(-1))
+    w = [(layer.kernel.numpy(), layer.bias.numpy()) for layer in (head.fc6, head.fc7, head.cls_score)]
+    h = np.maximum(np.maximum(np.stack(pooled) @ w[0][0] + w[0][1], 0) @ w[1][0] + w[1][1], 0)
+    np.testing.assert_allclose(logits.numpy().reshape(4, 3), h @ w[2][0] + w[2][1], atol=1e-5)
+    assert RoIBoxHead.from_config(head.get_config()).pooler == "roi_pool"
+
+
+def test_option_errors():
+    with pytest.raises(ValueError, match="`pooler` must be one of.*pooler='max'"):
+        RoIBoxHead(2, pooler="max")
+    with pytest.raises(ValueError, match="needs one entry. Received: spatial_scales"):
+        RoIBoxHead(2, pooler="roi_pool")
+    args = (np.zeros((1, 1, 2)), np.zeros((1, 1, 2, 4)), [[1]], np.zeros((1, 1, 4)))
+    with pytest.raises(ValueError, match="`box_loss` must be one of.*box_loss='l2'"):
+        roi_loss(*args, box_loss="l2")
+    with pytest.raises(ValueError, match="pass `rois`. Received: rois=None"):
+        roi_loss(*args, box_loss="giou")

@@ -1,5 +1,9 @@
 """export: SavedModel for TF Serving, .tflite for phones, and parity/op/latency verification.
 
+Modules: `saved_model` (`to_saved_model`), `serving` (uint8/float/bytes image signatures with
+named outputs per family), `rest` (TF Serving's REST predict mapping and a local server),
+`tflite` (conversion and the LiteRT runner), `verify` and `evaluate` (parity, accuracy, latency).
+
 Example:
     >>> import keras, numpy as np
     >>> import export
@@ -13,6 +17,7 @@ Example:
     (True, True)
 """
 
+from export import evaluate, rest, serving
 from export._common import input_names, output_names
 from export._litert import tflite_ops
 from export.saved_model import to_saved_model
@@ -22,9 +27,12 @@ from export.verify import verify
 __all__ = [
     "FlexOpsError",
     "convert_to_tflite",
+    "evaluate",
     "input_names",
     "output_names",
+    "rest",
     "run_tflite",
+    "serving",
     "tflite_ops",
     "to_saved_model",
     "to_tflite",

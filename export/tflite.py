@@ -9,6 +9,7 @@ import contextlib
 import os
 import re
 import tempfile
+import warnings
 
 import numpy as np
 import tensorflow as tf
@@ -17,6 +18,7 @@ from export._common import input_specs, named_outputs, prepare_path, serving_fun
 from export._litert import interpreter, tflite_ops
 
 _QUANTIZATIONS = (None, "float16", "dynamic", "int8")
+_IO_DTYPES = ("float32", "int8", "uint8")
 
 
 class FlexOpsError(ValueError):
@@ -33,14 +35,14 @@ class FlexOpsError(ValueError):
         super().__init__(msg)
 
 
-def _representative(model, representative_data, specs):
+def _representative(model, representative_data, specs, calibration_steps=None, progress=False):
     if representative_data is None:
         raise ValueError(
             "`representative_data` is required for quantization='int8': give an iterable of "
             "input batches (arrays, or (inputs, targets) tuples as a tf.data dataset yields)."
         )
 
-    def gen():
+    def examples():
         for item in representative_data:
             if isinstance(item, (tuple, list)) and len(specs) == 1:
                 item = item[0]
@@ -54,6 +56,22 @@ def _representative(model, representative_data, specs):
                 b = specs[0].shape[0] or batch
                 for i in range(0, batch, b):
                     yield [a[i : i + b] for a in arrays]
+
+    def gen():
+        bar = None
+        if progress:
+            import keras
+
+            total = len(representative_data) if hasattr(representative_data, "__len__") else None
+            if calibration_steps is not None:
+                total = calibration_steps if total is None else min(total, calibration_steps)
+            bar = keras.utils.Progbar(total, unit_name="calibration example")
+        for step, arrays in enumerate(examples()):
+            if calibration_steps is not None and step >= calibration_steps:
+                break
+            yield arrays
+            if bar is not None:
+                bar.update(step + 1)
 
     return gen
 
@@ -123,7 +141,8 @@ def _find_flex_ops(model, specs):
 
 
 def convert_to_tflite(model, quantization=None, representative_data=None, batch_size=1,
-                      int8_io=False, input_shapes=None):
+                      int8_io=False, input_shapes=None, io_dtype=None, calibration_steps=None,
+                      progress=False, float_ops=None, keep_float=None):
     """Converts a Keras model to TFLite flatbuffer bytes with builtin ops only.
 
     A model with a `serving_signature(dtype, batch_size)` method (kcv's detectors) is converted
@@ -139,9 +158,23 @@ def convert_to_tflite(model, quantization=None, representative_data=None, batch_
         batch_size: fixed batch size of the converted model (default 1, as phones run it);
             `None` keeps it dynamic.
         int8_io: with `"int8"`, make the model's inputs and outputs int8 too (default: float32
-            in and out, quantized inside).
-        input_shapes: optional full static shapes, one per model input, overriding
-            `batch_size` (for inputs with different leading sizes, e.g. features and boxes).
+            in and out, quantized inside); the same as `io_dtype="int8"`.
+        input_shapes: optional full shapes, one per model input, overriding `batch_size` (for
+            inputs with different leading sizes, e.g. features and boxes). `None` entries stay
+            dynamic: `(1, None, None, 3)` gives a fully convolutional model whose input the
+            interpreter resizes (`Interpreter.resize_tensor_input`; `run_tflite` does it).
+        io_dtype: with `"int8"`, the inputs' and outputs' type: `"float32"` (default), `"int8"`
+            or `"uint8"` (quantized with the model's scale and zero point, which
+            `run_tflite` applies).
+        calibration_steps: use at most this many calibration examples (default: all).
+        progress: show a progress bar over the calibration examples.
+        float_ops: with `"int8"`, keep the model in float where full-integer kernels do not
+            exist (`TFLITE_BUILTINS` allowed beside `TFLITE_BUILTINS_INT8`, so e.g. a ViT's
+            layer norms may run in float); default `False`: integer kernels only.
+        keep_float: with `"int8"`, TFLite op names (e.g. `["SOFTMAX", "FULLY_CONNECTED"]`)
+            left in float32 while the rest is quantized (selective quantization through
+            `tf.lite.experimental.QuantizationDebugger`'s `denylisted_ops`): the way to keep
+            the accuracy where int8 loses it.
 
     Returns:
         `bytes` of the `.tflite` model.
@@ -155,6 +188,13 @@ def convert_to_tflite(model, quantization=None, representative_data=None, batch_
         raise ValueError(
             f"`quantization` must be one of {_QUANTIZATIONS}. Received: quantization={quantization!r}"
         )
+    if io_dtype is None:
+        io_dtype = "int8" if int8_io else "float32"
+    if io_dtype not in _IO_DTYPES:
+        raise ValueError(f"`io_dtype` must be one of {_IO_DTYPES}. Received: io_dtype={io_dtype!r}")
+    if io_dtype != "float32" and quantization != "int8":
+        raise ValueError(f"`io_dtype={io_dtype!r}` needs quantization='int8'. Received: "
+                         f"quantization={quantization!r}")
     if quantization == "int8" and hasattr(model, "serving_signature"):
         raise ValueError(
             "`quantization='int8'` is not available for detectors: TensorFlow 2.21's int8 "
@@ -163,11 +203,32 @@ def convert_to_tflite(model, quantization=None, representative_data=None, batch_
             f"Received: quantization={quantization!r}"
         )
     specs = input_specs(model, batch_size=batch_size, input_shapes=input_shapes)
+    if quantization == "int8":
+        representative_data = _representative(model, representative_data, specs,
+                                              calibration_steps, progress)
+    if keep_float is not None and (quantization != "int8" or isinstance(keep_float, str)):
+        raise ValueError("`keep_float` is a list of TFLite op names for quantization='int8'. "
+                         f"Received: keep_float={keep_float!r}, quantization={quantization!r}")
     with _converter(model, specs) as conv:
-        return _convert(conv, model, specs, quantization, representative_data, int8_io)
+        return _convert(conv, model, specs, quantization, representative_data, io_dtype,
+                        bool(float_ops), keep_float)
 
 
-def _convert(conv, model, specs, quantization, representative_data, int8_io):
+def _selective(conv, representative, io_dtype, keep_float):
+    """Full-integer conversion with the ops named in `keep_float` left in float."""
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
+                                      tf.lite.OpsSet.TFLITE_BUILTINS]
+    options = tf.lite.experimental.QuantizationDebugOptions(
+        denylisted_ops=list(keep_float), fully_quantize=io_dtype != "float32")
+    with warnings.catch_warnings():  # the debugger runs the deprecated tf.lite.Interpreter
+        warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")
+        debugger = tf.lite.experimental.QuantizationDebugger(
+            converter=conv, debug_dataset=representative, debug_options=options)
+        return debugger.get_nondebug_quantized_model()
+
+
+def _convert(conv, model, specs, quantization, representative, io_dtype, float_ops,
+             keep_float=None):
     conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     if quantization == "float16":
         conv.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -176,12 +237,16 @@ def _convert(conv, model, specs, quantization, representative_data, int8_io):
         conv.optimizations = [tf.lite.Optimize.DEFAULT]
     elif quantization == "int8":
         conv.optimizations = [tf.lite.Optimize.DEFAULT]
-        conv.representative_dataset = _representative(model, representative_data, specs)
+        conv.representative_dataset = representative
         conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        if int8_io:
-            conv.inference_input_type = tf.int8
-            conv.inference_output_type = tf.int8
+        if float_ops:
+            conv.target_spec.supported_ops.append(tf.lite.OpsSet.TFLITE_BUILTINS)
+        if io_dtype != "float32":
+            conv.inference_input_type = getattr(tf, io_dtype)
+            conv.inference_output_type = getattr(tf, io_dtype)
     try:
+        if keep_float:
+            return _selective(conv, representative, io_dtype, keep_float)
         return conv.convert()
     except Exception as err:  # the converter raises ConverterError with a long log
         text = str(err)
@@ -193,13 +258,15 @@ def _convert(conv, model, specs, quantization, representative_data, int8_io):
 
 
 def to_tflite(model, path, quantization=None, representative_data=None, overwrite=False,
-              batch_size=1, int8_io=False):
+              batch_size=1, int8_io=False, **kwargs):
     """Writes `model` as a `.tflite` file with builtin ops only. See `convert_to_tflite`.
 
     Args:
         model, quantization, representative_data, batch_size, int8_io: as `convert_to_tflite`.
         path: the `.tflite` file to write.
         overwrite: replace an existing file; without it an existing path raises.
+        **kwargs: the other arguments of `convert_to_tflite` (`input_shapes`, `io_dtype`,
+            `calibration_steps`, `progress`, `float_ops`).
 
     Returns:
         The path written.
@@ -213,7 +280,8 @@ def to_tflite(model, path, quantization=None, representative_data=None, overwrit
         'dense_int8.tflite'
     """
     path = prepare_path(path, overwrite)
-    content = convert_to_tflite(model, quantization, representative_data, batch_size, int8_io)
+    content = convert_to_tflite(model, quantization, representative_data, batch_size, int8_io,
+                                **kwargs)
     with open(path, "wb") as f:
         f.write(content)
     return path

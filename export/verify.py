@@ -1,12 +1,10 @@
 """Check an exported `.tflite` against the Keras model: parity, ops, size and latency."""
 
-import os
-import time
-
 import numpy as np
 
 from export._common import input_names, named_outputs, output_names
-from export._litert import interpreter, tflite_ops
+from export._litert import tflite_ops
+from export.evaluate import latency_ms, tflite_size
 from export.tflite import run_tflite
 
 __all__ = ["verify"]
@@ -14,7 +12,7 @@ __all__ = ["verify"]
 _BUILTIN_EXCLUDE = ("Flex", "CUSTOM")
 
 
-def verify(model, tflite_path, inputs, num_runs=20, metric_fn=None):
+def verify(model, tflite_path, inputs, num_runs=20, metric_fn=None, num_threads=1):
     """Compares a `.tflite` file with the Keras model it came from.
 
     Args:
@@ -24,6 +22,7 @@ def verify(model, tflite_path, inputs, num_runs=20, metric_fn=None):
         num_runs: how many timed single-batch runs to take the median latency over.
         metric_fn: optional `fn(keras_outputs, tflite_outputs) -> float` reported as `metric`
             (e.g. the Dice between the two models' predictions).
+        num_threads: LiteRT interpreter threads for the latency.
 
     Returns:
         A dict with `max_abs_diff` (over all outputs), `ops` (sorted op names),
@@ -40,29 +39,13 @@ def verify(model, tflite_path, inputs, num_runs=20, metric_fn=None):
     diff = max(float(np.max(np.abs(k - t))) if k.size else 0.0 for k, t in zip(keras_out, lite_out))
     ops = tflite_ops(tflite_path)
 
-    interp = interpreter(tflite_path)
-    runner = interp.get_signature_runner()
-    details = runner.get_input_details()
-    feed = {}
-    for name, detail in details.items():
-        shape = [d if d > 0 else 1 for d in detail["shape"]]
-        feed[name] = np.zeros(shape, dtype=detail["dtype"])
-    runner(**feed)  # warm-up
-    times = []
-    for _ in range(max(1, num_runs)):
-        t0 = time.perf_counter()
-        runner(**feed)
-        times.append(time.perf_counter() - t0)
-    size = (
-        len(tflite_path) if isinstance(tflite_path, (bytes, bytearray))
-        else os.path.getsize(tflite_path)
-    )
+    size = tflite_size(tflite_path)
     report = {
         "max_abs_diff": diff,
         "ops": ops,
         "builtins_only": not any(op.startswith(_BUILTIN_EXCLUDE) for op in ops),
         "file_size_bytes": int(size),
-        "median_latency_ms": float(np.median(times) * 1e3),
+        "median_latency_ms": latency_ms(tflite_path, num_threads=num_threads, num_runs=num_runs),
     }
     if metric_fn is not None:
         report["metric"] = float(metric_fn(keras_out, lite_out))

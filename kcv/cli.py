@@ -1,10 +1,13 @@
-"""The `kcv` command (`python -m kcv`): train, lr-find, export, receptive-field.
+"""The `kcv` command (`python -m kcv`): train, lr-find, export, verify, serve, receptive-field.
 
 The one module that joins kcv and `export/` (DESIGN.md); installed as the `kcv` console script.
 
     kcv train --model unet --data synthetic --epochs 10 --output runs/unet
     kcv lr-find --model unet --data synthetic --output lr_find.png
-    kcv export runs/unet/model.keras --format tflite --output unet.tflite
+    kcv export runs/unet/model.keras --format saved_model --serving uint8 exports/unet/1
+    kcv export runs/unet/model.keras --format tflite --quantize int8 --calibration synthetic unet.tflite
+    kcv verify unet.tflite --reference runs/unet/model.keras --data synthetic --plot modes.png
+    kcv serve exports/unet --port 8501
     kcv receptive-field unet --input-size 256
 
 `--data` is `synthetic` (kcv.data.synthetic shapes, 4 classes) or a folder holding `images/`
@@ -19,6 +22,7 @@ import sys
 
 _MODELS = {"unet": "UNet", "unet_plus_plus": "UNetPlusPlus", "hrnet": "HRNet",
            "deeplab_v3": "DeepLabV3"}
+_QUANTIZE = ("none", "float16", "dynamic", "int8")
 _SCHEDULES = ("constant", "cosine", "step", "multistep", "exponential", "linear-tail")
 
 
@@ -74,6 +78,13 @@ def _add_model_and_data(p):
     p.add_argument("--seed", type=int, default=0, help="data and initialisation seed")
 
 
+def _add_preprocess(p):
+    p.add_argument("--preprocess", default="unit",
+                   choices=("unit", "symmetric", "imagenet", "none"),
+                   help="how pixels in [0, 255] become the model's input: unit (x / 255, as "
+                   "kcv.data; default), symmetric (x / 127.5 - 1), imagenet (mean/std), none")
+
+
 def _parser():
     parser = _Parser(prog="kcv", description="kcv command-line tools: train segmentation "
                      "models, run the learning-rate range test, export, convert torchvision "
@@ -111,13 +122,60 @@ def _parser():
     f.add_argument("--output", default="lr_find.png",
                    help="PNG path (default: lr_find.png); the curve goes beside it as .json")
 
-    e = sub.add_parser("export", help="export a .keras model to a SavedModel or a .tflite file")
+    e = sub.add_parser("export", help="export a .keras model to a SavedModel or a .tflite file",
+                       description="Export a .keras model: a SavedModel for TF Serving (uint8 "
+                       "images of any size in, named results out) or a builtins-only .tflite "
+                       "file (float32, float16, dynamic-range or full-integer int8).")
     e.add_argument("model", help="path of a .keras model")
+    e.add_argument("out", nargs="?", default=None,
+                   help="output .tflite file or SavedModel folder (or give --output)")
+    e.add_argument("--output", default=None, help="the same as OUT")
     e.add_argument("--format", default="tflite", choices=("tflite", "saved_model"))
-    e.add_argument("--output", required=True, help="output .tflite file or SavedModel folder")
-    e.add_argument("--quantization", default=None, choices=("float16", "dynamic"),
-                   help="tflite weight quantization (default: none, float32)")
+    e.add_argument("--quantize", "--quantization", dest="quantize", default="none",
+                   choices=_QUANTIZE, help="tflite: none (float32), float16, dynamic (int8 "
+                   "weights) or int8 (full integer, needs --calibration) (default: none)")
+    e.add_argument("--calibration", default=None,
+                   help="int8 calibration images: 'synthetic' (kcv shapes), 'digits' "
+                   "(scikit-learn), or a folder of images (or holding images/)")
+    e.add_argument("--calibration-steps", type=_positive_int, default=100,
+                   help="calibration images to use (default: 100)")
+    e.add_argument("--serving", default=None, choices=("uint8", "float", "none"),
+                   help="saved_model: what serving_default takes (default: uint8; none: the "
+                   "model's own inputs and outputs); tflite int8: uint8 makes the input and "
+                   "output uint8 (default: float32)")
+    _add_preprocess(e)
+    e.add_argument("--version", type=_positive_int, default=None,
+                   help="saved_model: write OUT/VERSION/ (TF Serving's layout)")
+    e.add_argument("--float-ops", action="store_true",
+                   help="int8: keep ops without integer kernels in float")
+    e.add_argument("--dynamic-size", action="store_true",
+                   help="tflite: leave height and width dynamic (fully convolutional models; "
+                   "the interpreter's resize_tensor_input sets them)")
     e.add_argument("--overwrite", action="store_true", help="replace an existing output")
+
+    v = sub.add_parser("verify", help="check exported models: parity, ops, size, latency, "
+                       "accuracy change", description="Check .tflite files (and SavedModels): "
+                       "parity with the .keras model, op list, size, LiteRT latency and, with "
+                       "--data, the accuracy change; --plot draws latency and accuracy per file.")
+    v.add_argument("artifacts", nargs="+", metavar="ARTIFACT",
+                   help=".tflite file(s) or SavedModel folder(s)")
+    v.add_argument("--reference", default=None, help="the .keras model they came from")
+    v.add_argument("--data", default=None,
+                   help="held-out data: 'synthetic' (segmentation), 'digits' (classification), "
+                   "or a folder with images/ and masks/")
+    v.add_argument("--num-images", type=_positive_int, default=64,
+                   help="held-out images (default: 64)")
+    _add_preprocess(v)
+    v.add_argument("--threads", type=_positive_int, default=1, help="LiteRT threads")
+    v.add_argument("--runs", type=_positive_int, default=20, help="timed runs (median)")
+    v.add_argument("--plot", default=None, help="PNG of latency and accuracy per artifact")
+
+    sv = sub.add_parser("serve", help="serve a versioned SavedModel folder over TF Serving's "
+                       "REST API (standard library; for trying a model without TF Serving)")
+    sv.add_argument("base_path", help="folder holding numbered versions (e.g. exports/unet)")
+    sv.add_argument("--name", default=None, help="model name in the URLs (default: folder name)")
+    sv.add_argument("--host", default="127.0.0.1", help="address (default: 127.0.0.1)")
+    sv.add_argument("--port", type=int, default=8501, help="port (default: 8501)")
 
     c = sub.add_parser("convert-torchvision",
                        help="convert a torchvision Faster R-CNN checkpoint to a Keras model",
@@ -324,20 +382,194 @@ def _load(path):
     return keras.saving.load_model(path, compile=False)
 
 
+def _image_files(folder):
+    if os.path.isdir(os.path.join(folder, "images")):
+        folder = os.path.join(folder, "images")
+    names = sorted(n for n in os.listdir(folder)
+                   if n.lower().endswith((".png", ".jpg", ".jpeg", ".bmp", ".gif")))
+    if not names:
+        raise _Error(f"no .png/.jpg/.bmp/.gif images in {folder!r}")
+    return [os.path.join(folder, n) for n in names]
+
+
+def _pixels(source, size, num_images, held_out):
+    """(pixels float32 [N, H, W, 3] in [0, 255], labels or None): synthetic, digits or a folder.
+
+    Calibration (`held_out=False`) and evaluation (`held_out=True`) draw disjoint images:
+    synthetic shapes with seeds 0 and 10,000 (as `kcv train`), the first and the last
+    `num_images` of scikit-learn's 1,797 digits.
+    """
+    import numpy as np
+    import tensorflow as tf
+
+    if source == "synthetic":
+        from kcv.data import make_shapes
+
+        images, masks = make_shapes(num_images, size[0], seed=10_000 if held_out else 0)
+        images = tf.image.resize(np.clip(images, 0, 1) * 255.0, size).numpy()
+        return images, np.asarray(masks)
+    if source == "digits":
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        part = slice(-num_images, None) if held_out else slice(0, num_images)
+        images = digits.images[part, :, :, None].astype("float32") * (255.0 / 16.0)
+        images = tf.image.resize(np.repeat(images, 3, axis=-1), size).numpy()
+        return images, digits.target[part]
+    if not os.path.isdir(source):
+        raise _Error(f"data must be 'synthetic', 'digits' or a folder, got {source!r}")
+    files = _image_files(source)[:num_images]
+    images = np.stack([tf.image.resize(tf.io.decode_image(tf.io.read_file(f), channels=3,
+                                                          expand_animations=False), size)
+                       for f in files]).astype("float32")
+    masks_dir = os.path.join(source, "masks")
+    if not os.path.isdir(masks_dir):
+        return images, None
+    masks = [tf.image.resize(tf.io.decode_image(tf.io.read_file(
+        os.path.join(masks_dir, os.path.basename(f))), channels=1, expand_animations=False),
+        size, method="nearest")[..., 0] for f in files]
+    return images, np.stack(masks).astype("int64")
+
+
+def _model_size(model):
+    shape = tuple(model.inputs[0].shape)
+    if len(shape) != 4 or shape[1] is None or shape[2] is None:
+        raise _Error(f"calibration and --data need a model with a fixed image size; its input "
+                     f"is {shape}")
+    return int(shape[1]), int(shape[2])
+
+
+def _model_inputs(pixels, preprocess):
+    import numpy as np
+    import tensorflow as tf
+
+    import export.serving
+
+    return np.asarray(export.serving.preprocess_pixels(tf.constant(pixels), preprocess))
+
+
 def _export(args):
-    # DESIGN.md: nothing in kcv imports export/. The `kcv export` command is the one
-    # exception, so the import stays inside this function: kcv works without export/.
+    # DESIGN.md: nothing in kcv imports export/. The `kcv` command is the one exception, so
+    # the import stays inside the functions: kcv works without export/.
     import export
 
+    out = args.out or args.output
+    if out is None or (args.out and args.output and args.out != args.output):
+        raise _Error("give the output path once, as OUT or --output")
     model = _load(args.model)
     if args.format == "saved_model":
-        if args.quantization:
-            raise _Error("--quantization applies to --format tflite only")
-        path = export.to_saved_model(model, args.output, overwrite=args.overwrite)
-    else:
-        path = export.to_tflite(model, args.output, quantization=args.quantization,
-                                overwrite=args.overwrite)
-    print(json.dumps({"format": args.format, "output": path}))
+        if args.quantize != "none":
+            raise _Error("--quantize applies to --format tflite only")
+        serving = None if args.serving == "none" else (args.serving or "uint8")
+        path = export.to_saved_model(model, out, overwrite=args.overwrite, serving=serving,
+                                     preprocess=args.preprocess, version=args.version)
+        print(json.dumps({"format": args.format, "output": path, "serving": serving or "none"}))
+        return
+    if args.version is not None:
+        raise _Error("--version applies to --format saved_model only")
+    quantization = None if args.quantize == "none" else args.quantize
+    calibration = None
+    if quantization == "int8":
+        if args.calibration is None:
+            raise _Error("--quantize int8 needs --calibration (synthetic, digits or a folder)")
+        pixels, _ = _pixels(args.calibration, _model_size(model), args.calibration_steps,
+                            held_out=False)
+        calibration = [_model_inputs(pixels[i:i + 1], args.preprocess)
+                       for i in range(len(pixels))]
+    elif args.calibration is not None:
+        raise _Error("--calibration applies to --quantize int8 only")
+    io_dtype = "uint8" if (args.serving == "uint8" and quantization == "int8") else None
+    shapes = None
+    if args.dynamic_size:
+        shapes = [(1, None, None) + tuple(model.inputs[0].shape[3:])]
+    path = export.to_tflite(model, out, quantization=quantization,
+                            representative_data=calibration, overwrite=args.overwrite,
+                            io_dtype=io_dtype, progress=calibration is not None,
+                            float_ops=args.float_ops, input_shapes=shapes)
+    print(json.dumps({"format": args.format, "output": path, "quantize": args.quantize,
+                      "io_dtype": io_dtype or "float32", "bytes": os.path.getsize(path)}))
+
+
+def _saved_model_report(path, model, images):
+    import numpy as np
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(path)
+    size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
+    report = {"artifact": path, "signatures": sorted(loaded.signatures), "bytes": int(size)}
+    if model is not None and images is not None and "serving_float" in loaded.signatures:
+        out = loaded.signatures["serving_float"](image=tf.constant(images))
+        expected = np.asarray(model(images, training=False), np.float32)
+        report["max_abs_diff"] = float(np.max(np.abs(out["probabilities"].numpy() - expected)))
+    return report
+
+
+def _verify(args):
+    import numpy as np
+
+    from export import evaluate, tflite_ops
+
+    model = _load(args.reference) if args.reference else None
+    images = labels = None
+    if args.data:
+        if model is None:
+            raise _Error("--data needs --reference (the model gives the image size)")
+        pixels, labels = _pixels(args.data, _model_size(model), args.num_images, held_out=True)
+        images = _model_inputs(pixels, args.preprocess)
+    elif model is not None:
+        shape = (4,) + tuple(model.inputs[0].shape[1:])
+        images = np.random.default_rng(0).random(shape).astype("float32")
+    reference = None
+    rows = []
+    if model is not None and images is not None:
+        expected = evaluate.predict(model, images)
+        if labels is not None:
+            reference = evaluate.accuracy(expected, labels)
+            rows.append({"artifact": args.reference, "mode": "keras", **reference})
+            print(json.dumps(rows[-1]))
+    for artifact in args.artifacts:
+        if os.path.isdir(artifact):
+            report = _saved_model_report(artifact, model, images)
+            print(json.dumps(report))
+            continue
+        if not os.path.isfile(artifact):
+            raise _Error(f"no such artifact: {artifact!r}")
+        ops = tflite_ops(artifact)
+        report = {"artifact": artifact, "mode": os.path.splitext(os.path.basename(artifact))[0],
+                  "bytes": os.path.getsize(artifact), "ops": ops,
+                  "builtins_only": not any(op.startswith(("Flex", "CUSTOM")) for op in ops),
+                  "threads": args.threads,
+                  "latency_ms": evaluate.latency_ms(artifact, args.threads, args.runs)}
+        if images is not None:
+            got = evaluate.predict(artifact, images)
+            report["max_abs_diff"] = float(np.max(np.abs(got - expected)))
+            if labels is not None:
+                figures = evaluate.accuracy(got, labels)
+                report.update(figures)
+                report["change"] = {k: figures[k] - reference[k] for k in figures}
+        rows.append(report)
+        print(json.dumps(report))
+    if args.plot:
+        timed = [row for row in rows if "latency_ms" in row]
+        if not timed:
+            raise _Error("--plot needs at least one .tflite artifact")
+        metric = next((k for k in ("miou", "top1") if k in timed[0]), None)
+        evaluate.plot_modes(timed, args.plot, metric=metric,
+                            title=f"latency ({args.threads} thread(s)) and accuracy per mode")
+        print(json.dumps({"plot": args.plot}))
+
+
+def _serve(args):
+    from export import rest
+
+    name = args.name or os.path.basename(os.path.normpath(args.base_path))
+
+    def ready(server):
+        host, port = server.server_address[:2]
+        print(json.dumps({"serving": args.base_path,
+                          "url": f"http://{host}:{port}/v1/models/{name}:predict"}), flush=True)
+
+    rest.serve(args.base_path, name, host=args.host, port=args.port, ready=ready)
 
 
 def _convert_torchvision(args):
@@ -378,8 +610,9 @@ def _receptive_field(args):
                       "start": list(field.start)}))
 
 
-_COMMANDS = {"train": _train, "lr-find": _lr_find, "export": _export,
-             "convert-torchvision": _convert_torchvision, "receptive-field": _receptive_field}
+_COMMANDS = {"train": _train, "lr-find": _lr_find, "export": _export, "verify": _verify,
+             "serve": _serve, "convert-torchvision": _convert_torchvision,
+             "receptive-field": _receptive_field}
 
 
 def main(argv=None):
@@ -392,7 +625,12 @@ def main(argv=None):
         Exit status: 0 on success, 1 when the command fails, 2 on bad arguments.
     """
     parser = _parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if (getattr(args, "command", None) == "export" and args.out is None and len(extra) == 1
+            and not extra[0].startswith("-")):
+        args.out, extra = extra[0], []  # OUT given after the options
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command is None:
         parser.print_help()
         return 2

@@ -34,7 +34,8 @@ def _last_json(out):
     return json.loads(out.strip().splitlines()[-1])
 
 
-_COMMANDS = ("train", "lr-find", "export", "convert-torchvision", "receptive-field")
+_COMMANDS = ("train", "lr-find", "export", "verify", "serve", "convert-torchvision",
+             "receptive-field")
 
 
 def _python_m_kcv(*args, timeout=120):
@@ -71,7 +72,7 @@ def test_console_script_is_kcv_cli_main():
     (["train", "--epochs", "-1"], "--epochs: must be a positive integer, got '-1'", 2),
     (["train", "--model", "resnet9000"], "invalid choice: 'resnet9000'", 2),
     (["frobnicate"], "invalid choice: 'frobnicate'", 2),
-    (["export", "model.keras"], "--output", 2),
+    (["export", "model.keras"], "as OUT or --output", 1),
     (["train", "--data", "/no/such/folder"], "--data must be 'synthetic' or an existing", 1),
     (["train", "--data", "synthetic", "--num-classes", "7"], "synthetic data has 4 classes", 1),
     (["export", "/no/such.keras", "--output", "x.tflite"], "no such model file", 1),

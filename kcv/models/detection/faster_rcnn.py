@@ -10,6 +10,7 @@ import tensorflow as tf
 
 from kcv.models.backbones import MobileNetV2, ResNet18, ResNet50
 from kcv.models.detection.anchors import AnchorGenerator
+from kcv.models.detection.cascade import CascadeRoIHeads
 from kcv.models.detection.fpn import FPN
 from kcv.models.detection.matcher import Matcher
 from kcv.models.detection.roi_heads import (
@@ -17,6 +18,7 @@ from kcv.models.detection.roi_heads import (
     postprocess_detections,
     roi_loss,
     roi_targets,
+    select_detections,
 )
 from kcv.models.detection.rpn import RPNHead, generate_proposals, rpn_loss, rpn_targets
 from kcv.models.detection.sampler import BalancedPositiveNegativeSampler
@@ -61,6 +63,10 @@ class FasterRCNN(keras.Model):
         representation_size: RoI MLP width (1024).
         box_score_threshold, box_nms_threshold, detections_per_image: 0.05, 0.5, 100.
         seed: seed of the anchor/RoI sampling.
+        cascade_iou_thresholds: None (Faster R-CNN) or the IoU thresholds of the stages of a
+            Cascade R-CNN (`(0.5, 0.6, 0.7)`: `CascadeRoIHeads` replaces the box head; the
+            `classifier`/`box_reg` losses become the stage-weighted sums and the unweighted
+            `classifier_stage{t}`/`box_reg_stage{t}` are logged too).
         **kwargs: `keras.Model` arguments (`name`).
 
     Example:
@@ -82,7 +88,7 @@ class FasterRCNN(keras.Model):
                  rpn_batch_size_per_image=256, rpn_positive_fraction=0.5,
                  box_batch_size_per_image=512, box_positive_fraction=0.25,
                  representation_size=1024, box_score_threshold=0.05, box_nms_threshold=0.5,
-                 detections_per_image=100, seed=0, **kwargs):
+                 detections_per_image=100, seed=0, cascade_iou_thresholds=None, **kwargs):
         super().__init__(**kwargs)
         if len(anchor_sizes) != 5:
             raise ValueError("`anchor_sizes` needs one size per level P2..P6. "
@@ -105,20 +111,27 @@ class FasterRCNN(keras.Model):
         self.box_nms_threshold = box_nms_threshold
         self.detections_per_image = detections_per_image
         self.seed = seed
+        self.cascade_iou_thresholds = (None if cascade_iou_thresholds is None
+                                       else tuple(cascade_iou_thresholds))
 
         self.backbone = _backbone(backbone, self.image_shape_arg)
         self.fpn = FPN(fpn_filters, name="fpn")
         self.anchor_generator = AnchorGenerator(tuple((s,) for s in self.anchor_sizes),
                                                 self.aspect_ratios, name="anchors")
         self.rpn_head = RPNHead(len(self.aspect_ratios), name="rpn_head")
-        self.box_head = RoIBoxHead(num_classes, representation_size, name="box_head")
+        self.box_head = (
+            RoIBoxHead(num_classes, representation_size, name="box_head")
+            if cascade_iou_thresholds is None else
+            CascadeRoIHeads(num_classes, cascade_iou_thresholds,
+                            representation_size=representation_size, name="cascade_heads"))
         self.rpn_matcher = Matcher(0.7, 0.3, allow_low_quality_matches=True)
         self.rpn_sampler = BalancedPositiveNegativeSampler(rpn_batch_size_per_image,
                                                            rpn_positive_fraction)
         self.box_sampler = BalancedPositiveNegativeSampler(box_batch_size_per_image,
                                                            box_positive_fraction)
         self.seed_generator = keras.random.SeedGenerator(seed)
-        self._trackers = {n: keras.metrics.Mean(name=n) for n in ("loss", *_LOSS_NAMES)}
+        extra = [] if cascade_iou_thresholds is None else self.box_head.loss_names()
+        self._trackers = {n: keras.metrics.Mean(name=n) for n in ("loss", *_LOSS_NAMES, *extra)}
 
     # === Forward pieces ===
 
@@ -143,13 +156,22 @@ class FasterRCNN(keras.Model):
         images = tf.cast(images, self.compute_dtype)
         pyramid = self._features(images, training)
         _, _, _, proposals, num = self._rpn(images, pyramid, training)
+        if self.cascade_iou_thresholds is not None:
+            hw = tf.shape(images)[1:3]
+            scores, boxes = self.box_head([*pyramid[:4], proposals], image_shape=hw)
+            return select_detections(scores[..., 1:], boxes[:, :, None], num, hw,
+                                     self.box_score_threshold, self.box_nms_threshold,
+                                     self.detections_per_image)
         logits, deltas = self.box_head([*pyramid[:4], proposals], training=training)
         return postprocess_detections(logits, deltas, proposals, num, tf.shape(images)[1:3],
                                       self.box_score_threshold, self.box_nms_threshold,
                                       self.detections_per_image)
 
     def compute_losses(self, images, targets, training=True):
-        """The four Faster R-CNN losses for a batch, as a dict (torchvision's loss dict)."""
+        """The four Faster R-CNN losses for a batch, as a dict (torchvision's loss dict).
+
+        With `cascade_iou_thresholds`, also the per-stage terms (not part of the total).
+        """
         images = tf.cast(images, self.compute_dtype)
         gt_boxes = tf.cast(targets["boxes"], tf.float32)
         gt_classes = tf.cast(targets["classes"], tf.int32)
@@ -159,6 +181,11 @@ class FasterRCNN(keras.Model):
         labels, box_targets = rpn_targets(anchors, gt_boxes, gt_classes, self.rpn_matcher)
         objectness_loss, rpn_box_loss = rpn_loss(logits, deltas, labels, box_targets, seed,
                                                  self.rpn_sampler)
+        if self.cascade_iou_thresholds is not None:
+            return {"rpn_objectness": objectness_loss, "rpn_box": rpn_box_loss,
+                    **self.box_head.compute_losses(pyramid[:4], proposals, num, gt_boxes,
+                                                   gt_classes, tf.shape(images)[1:3], seed + 1,
+                                                   self.box_sampler, training)}
         rois, roi_labels, roi_box_targets = roi_targets(
             proposals, num, gt_boxes, gt_classes, seed + 1, sampler=self.box_sampler)
         class_logits, box_deltas = self.box_head([*pyramid[:4], rois], training=training)
@@ -174,7 +201,7 @@ class FasterRCNN(keras.Model):
         return list(self._trackers.values())
 
     def _log(self, losses):
-        total = tf.add_n(list(losses.values()))
+        total = tf.add_n([losses[n] for n in _LOSS_NAMES])
         self._trackers["loss"].update_state(total)
         for name, value in losses.items():
             self._trackers[name].update_state(value)
@@ -184,7 +211,7 @@ class FasterRCNN(keras.Model):
         images, targets = data[0], data[1]
         with tf.GradientTape() as tape:
             losses = self.compute_losses(images, targets, training=True)
-            total = tf.add_n(list(losses.values()))
+            total = tf.add_n([losses[n] for n in _LOSS_NAMES])
             scaled = self.optimizer.scale_loss(total)
         variables = self.trainable_variables
         grads = tape.gradient(scaled, variables)
@@ -220,6 +247,7 @@ class FasterRCNN(keras.Model):
             "box_score_threshold": self.box_score_threshold,
             "box_nms_threshold": self.box_nms_threshold,
             "detections_per_image": self.detections_per_image, "seed": self.seed,
+            "cascade_iou_thresholds": self.cascade_iou_thresholds,
         }
 
     @classmethod

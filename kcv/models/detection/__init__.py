@@ -1,6 +1,7 @@
 """kcv.models.detection: the pieces of two-stage detectors (anchors, matching, sampling, ...)."""
 
 from kcv.models.detection.anchors import AnchorGenerator, generate_anchors
+from kcv.models.detection.cascade import CascadeRoIHeads
 from kcv.models.detection.faster_rcnn import FasterRCNN
 from kcv.models.detection.fpn import FPN
 from kcv.models.detection.matcher import (
@@ -15,6 +16,7 @@ from kcv.models.detection.roi_heads import (
     postprocess_detections,
     roi_loss,
     roi_targets,
+    select_detections,
 )
 from kcv.models.detection.rpn import RPNHead, generate_proposals, rpn_loss, rpn_targets
 from kcv.models.detection.sampler import BalancedPositiveNegativeSampler, first_true_indices

@@ -5,6 +5,7 @@ from kcv.models.detection.anchors import (
     SingleLevelAnchorGenerator,
     generate_anchors,
 )
+from kcv.models.detection.cascade import CascadeRoIHeads
 from kcv.models.detection.faster_rcnn import FasterRCNN
 from kcv.models.detection.fpn import FPN
 from kcv.models.detection.matcher import (
@@ -19,6 +20,7 @@ from kcv.models.detection.roi_heads import (
     postprocess_detections,
     roi_loss,
     roi_targets,
+    select_detections,
 )
 from kcv.models.detection.rpn import RPNHead, generate_proposals, rpn_loss, rpn_targets
 from kcv.models.detection.sampler import (

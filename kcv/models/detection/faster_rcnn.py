@@ -19,6 +19,7 @@ from kcv.models.detection.backbones import (
     freeze_batch_norm,
     resolve_batch_norm_frozen,
 )
+from kcv.models.detection.cascade import CascadeRoIHeads
 from kcv.models.detection.fpn import FPN
 from kcv.models.detection.matcher import Matcher
 from kcv.models.detection.roi_heads import (
@@ -27,6 +28,7 @@ from kcv.models.detection.roi_heads import (
     postprocess_detections,
     roi_loss,
     roi_targets,
+    select_detections,
 )
 from kcv.models.detection.rpn import RPNHead, generate_proposals, rpn_loss, rpn_targets
 from kcv.models.detection.sampler import BalancedPositiveNegativeSampler, image_seeds
@@ -117,6 +119,10 @@ class FasterRCNN(keras.Model):
             (`roi_loss`).
         box_score_threshold, box_nms_threshold, detections_per_image: 0.05, 0.5, 100.
         seed: seed of the anchor/RoI sampling.
+        cascade_iou_thresholds: None (Faster R-CNN) or the IoU thresholds of the stages of a
+            Cascade R-CNN (`(0.5, 0.6, 0.7)`: `CascadeRoIHeads` replaces the box head; the
+            `classifier`/`box_reg` losses become the stage-weighted sums and the unweighted
+            `classifier_stage{t}`/`box_reg_stage{t}` are logged too).
         **kwargs: `keras.Model` arguments (`name`).
 
     Example:
@@ -141,7 +147,8 @@ class FasterRCNN(keras.Model):
                  rpn_batch_size_per_image=256, rpn_positive_fraction=0.5,
                  box_batch_size_per_image=512, box_positive_fraction=0.25,
                  representation_size=None, box_loss="smooth_l1", box_score_threshold=0.05,
-                 box_nms_threshold=0.5, detections_per_image=100, seed=0, **kwargs):
+                 box_nms_threshold=0.5, detections_per_image=100, seed=0,
+                 cascade_iou_thresholds=None, **kwargs):
         super().__init__(**kwargs)
         check_one_of("box_loss", box_loss, BOX_LOSSES)
         (self.backbone, self.use_fpn, self.trainable_backbone_layers,
@@ -175,6 +182,8 @@ class FasterRCNN(keras.Model):
         self.box_nms_threshold = box_nms_threshold
         self.detections_per_image = detections_per_image
         self.seed = seed
+        self.cascade_iou_thresholds = (None if cascade_iou_thresholds is None
+                                       else tuple(cascade_iou_thresholds))
 
         if self.use_fpn:
             self.fpn = FPN(fpn_filters, name="fpn")
@@ -189,14 +198,25 @@ class FasterRCNN(keras.Model):
             head = dict(spatial_scales=(1.0 / stride,), pooler="roi_pool")
         self.rpn_head = RPNHead(self.anchor_generator.num_anchors_per_location()[0],
                                 name="rpn_head")
-        self.box_head = RoIBoxHead(num_classes, representation_size, name="box_head", **head)
+        if cascade_iou_thresholds is None:
+            self.box_head = RoIBoxHead(num_classes, representation_size, name="box_head",
+                                       **head)
+        elif not self.use_fpn or box_loss != "smooth_l1":
+            raise ValueError(
+                "`cascade_iou_thresholds` needs an FPN backbone and box_loss='smooth_l1'. "
+                f"Received: backbone={backbone!r}, fpn={fpn!r}, box_loss={box_loss!r}")
+        else:
+            self.box_head = CascadeRoIHeads(num_classes, cascade_iou_thresholds,
+                                            representation_size=representation_size,
+                                            name="cascade_heads")
         self.rpn_matcher = Matcher(0.7, 0.3, allow_low_quality_matches=True)
         self.rpn_sampler = BalancedPositiveNegativeSampler(rpn_batch_size_per_image,
                                                            rpn_positive_fraction)
         self.box_sampler = BalancedPositiveNegativeSampler(box_batch_size_per_image,
                                                            box_positive_fraction)
         self.seed_generator = keras.random.SeedGenerator(seed)
-        self._trackers = {n: keras.metrics.Mean(name=n) for n in ("loss", *_LOSS_NAMES)}
+        extra = [] if cascade_iou_thresholds is None else self.box_head.loss_names()
+        self._trackers = {n: keras.metrics.Mean(name=n) for n in ("loss", *_LOSS_NAMES, *extra)}
 
     # === Forward pieces ===
 
@@ -228,13 +248,22 @@ class FasterRCNN(keras.Model):
         images = tf.cast(images, self.compute_dtype)
         pyramid = self._features(images, training)
         _, _, _, proposals, num = self._rpn(images, pyramid, training)
+        if self.cascade_iou_thresholds is not None:
+            hw = tf.shape(images)[1:3]
+            scores, boxes = self.box_head([*pyramid[:4], proposals], image_shape=hw)
+            return select_detections(scores[..., 1:], boxes[:, :, None], num, hw,
+                                     self.box_score_threshold, self.box_nms_threshold,
+                                     self.detections_per_image)
         logits, deltas = self.box_head([*pyramid[:4], proposals], training=training)
         return postprocess_detections(logits, deltas, proposals, num, tf.shape(images)[1:3],
                                       self.box_score_threshold, self.box_nms_threshold,
                                       self.detections_per_image)
 
     def compute_losses(self, images, targets, training=True):
-        """The four Faster R-CNN losses for a batch, as a dict (torchvision's loss dict)."""
+        """The four Faster R-CNN losses for a batch, as a dict (torchvision's loss dict).
+
+        With `cascade_iou_thresholds`, also the per-stage terms (not part of the total).
+        """
         if not self.built:
             self.build(images.shape)
         images = tf.cast(images, self.compute_dtype)
@@ -247,6 +276,11 @@ class FasterRCNN(keras.Model):
         labels, box_targets = rpn_targets(anchors, gt_boxes, gt_classes, self.rpn_matcher)
         objectness_loss, rpn_box_loss = rpn_loss(logits, deltas, labels, box_targets, seed,
                                                  self.rpn_sampler)
+        if self.cascade_iou_thresholds is not None:
+            return {"rpn_objectness": objectness_loss, "rpn_box": rpn_box_loss,
+                    **self.box_head.compute_losses(pyramid[:4], proposals, num, gt_boxes,
+                                                   gt_classes, tf.shape(images)[1:3], seed + 1,
+                                                   self.box_sampler, training)}
         rois, roi_labels, roi_box_targets = roi_targets(
             proposals, num, gt_boxes, gt_classes, seed + 1, sampler=self.box_sampler)
         class_logits, box_deltas = self.box_head([*pyramid[:4], rois], training=training)
@@ -262,7 +296,7 @@ class FasterRCNN(keras.Model):
         return list(self._trackers.values())
 
     def _log(self, losses):
-        total = tf.add_n(list(losses.values()))
+        total = tf.add_n([losses[n] for n in _LOSS_NAMES])
         self._trackers["loss"].update_state(total)
         for name, value in losses.items():
             self._trackers[name].update_state(value)
@@ -272,7 +306,7 @@ class FasterRCNN(keras.Model):
         images, targets = data[0], data[1]
         with tf.GradientTape() as tape:
             losses = self.compute_losses(images, targets, training=True)
-            total = tf.add_n(list(losses.values()))
+            total = tf.add_n([losses[n] for n in _LOSS_NAMES])
             # replicas' gradients are summed: each contributes its share of the batch mean
             total = total / tf.distribute.get_strategy().num_replicas_in_sync
             scaled = self.optimizer.scale_loss(total)
@@ -323,6 +357,7 @@ class FasterRCNN(keras.Model):
             "box_score_threshold": self.box_score_threshold,
             "box_nms_threshold": self.box_nms_threshold,
             "detections_per_image": self.detections_per_image, "seed": self.seed,
+            "cascade_iou_thresholds": self.cascade_iou_thresholds,
         }
 
     @classmethod

@@ -50,6 +50,8 @@ class RoIBoxHead(keras.layers.Layer):
         pooler: `"roi_align"` (default, `MultiScaleRoIAlign` over the maps) or `"roi_pool"`
             (Fast R-CNN's `RoIPool` max pooling on a single map, `spatial_scales` of one
             entry, e.g. `(1 / 16,)` for VGG16 conv5_3; `sampling_ratio` and `aligned` unused).
+        class_agnostic: one box for all classes (`bbox_pred` to 4 deltas, as the stages of
+            Cascade R-CNN) instead of one per class (default False).
         **kwargs: base `Layer` arguments.
 
     Call arguments:
@@ -57,7 +59,8 @@ class RoIBoxHead(keras.layers.Layer):
             yxyx image pixels (padded RoIs are pooled too and must be masked by the caller).
 
     Returns:
-        `(class_logits [B, R, num_classes + 1], box_deltas [B, R, num_classes + 1, 4])`.
+        `(class_logits [B, R, num_classes + 1], box_deltas [B, R, num_classes + 1, 4])`
+        (`[B, R, 1, 4]` when `class_agnostic`).
 
     Example:
         >>> head = RoIBoxHead(3, representation_size=16, spatial_scales=(1 / 4,))
@@ -71,7 +74,7 @@ class RoIBoxHead(keras.layers.Layer):
 
     def __init__(self, num_classes, representation_size=1024, output_size=7,
                  spatial_scales=(0.25, 0.125, 0.0625, 0.03125), sampling_ratio=2, aligned=False,
-                 pooler="roi_align", **kwargs):
+                 pooler="roi_align", class_agnostic=False, **kwargs):
         super().__init__(**kwargs)
         check_positive_int("num_classes", num_classes)
         check_positive_int("representation_size", representation_size)
@@ -92,11 +95,13 @@ class RoIBoxHead(keras.layers.Layer):
         else:
             self.roi_align = MultiScaleRoIAlign(output_size, spatial_scales, sampling_ratio,
                                                 aligned, dtype=self.dtype_policy, name="roi_align")
+        self.class_agnostic = class_agnostic
+        self._box_classes = 1 if class_agnostic else num_classes + 1
         dense = dict(dtype=self.dtype_policy)
         self.fc6 = keras.layers.Dense(representation_size, activation="relu", name="fc6", **dense)
         self.fc7 = keras.layers.Dense(representation_size, activation="relu", name="fc7", **dense)
         self.cls_score = keras.layers.Dense(num_classes + 1, name="cls_score", **dense)
-        self.bbox_pred = keras.layers.Dense((num_classes + 1) * 4, name="bbox_pred", **dense)
+        self.bbox_pred = keras.layers.Dense(self._box_classes * 4, name="bbox_pred", **dense)
         self._convert_input_args = False  # RoIs stay float32 under mixed precision
 
     def __call__(self, inputs, *args, **kwargs):
@@ -129,28 +134,28 @@ class RoIBoxHead(keras.layers.Layer):
         x = tf.reshape(pooled, [tf.shape(pooled)[0], -1])
         x = self.fc7(self.fc6(x))
         logits = tf.reshape(self.cls_score(x), [batch, num, self.num_classes + 1])
-        deltas = tf.reshape(self.bbox_pred(x), [batch, num, self.num_classes + 1, 4])
+        deltas = tf.reshape(self.bbox_pred(x), [batch, num, self._box_classes, 4])
         return logits, deltas
 
     def compute_output_shape(self, input_shape):
         b, r = input_shape[-1][0], input_shape[-1][1]
-        return (b, r, self.num_classes + 1), (b, r, self.num_classes + 1, 4)
+        return (b, r, self.num_classes + 1), (b, r, self._box_classes, 4)
 
     def get_config(self):
         return {**super().get_config(), "num_classes": self.num_classes,
                 "representation_size": self.representation_size,
                 "output_size": self.output_size, "spatial_scales": self.spatial_scales,
                 "sampling_ratio": self.sampling_ratio, "aligned": self.aligned,
-                "pooler": self.pooler}
+                "pooler": self.pooler, "class_agnostic": self.class_agnostic}
 
 
 def roi_targets(proposals, num_proposals, gt_boxes, gt_classes, seed, matcher=None,
-                sampler=None, add_gt_boxes=True):
+                sampler=None, add_gt_boxes=True, weights=BOX_WEIGHTS):
     """Training RoIs and their targets, torchvision's `RoIHeads.select_training_samples`.
 
     The ground-truth boxes are appended to the proposals (`add_gt_boxes`), each candidate is
     matched (`Matcher(0.5, 0.5)`: IoU >= 0.5 object, else background), `sampler` draws 512 per
-    image with at most 25% objects, and the regression targets are encoded with weights
+    image with at most 25% objects, and the regression targets are encoded with `weights`
     (10, 10, 5, 5).
 
     Args:
@@ -161,6 +166,7 @@ def roi_targets(proposals, num_proposals, gt_boxes, gt_classes, seed, matcher=No
         matcher: default `Matcher(0.5, 0.5, allow_low_quality_matches=False)`.
         sampler: default `BalancedPositiveNegativeSampler(512, 0.25)`.
         add_gt_boxes: append the GT boxes to the candidates (default True, as torchvision).
+        weights: box coder weights of the targets (default (10, 10, 5, 5)).
 
     Returns:
         `(rois, labels, targets)`: `[B, S, 4]` sampled RoIs (`S = sampler.batch_size_per_image`),
@@ -197,7 +203,7 @@ def roi_targets(proposals, num_proposals, gt_boxes, gt_classes, seed, matcher=No
         labels = tf.where(taken, tf.gather(labels, index, batch_dims=1), -1)
         matches = tf.where(taken, tf.gather(matches, index, batch_dims=1), -1)
         safe_rois = tf.where(taken[..., None], rois, tf.constant([0.0, 0.0, 1.0, 1.0]))
-        targets = matched_box_targets(matches, gt_boxes, safe_rois, BOX_WEIGHTS)
+        targets = matched_box_targets(matches, gt_boxes, safe_rois, weights)
         return rois, labels, targets
 
 
@@ -298,33 +304,67 @@ def postprocess_detections(class_logits, box_deltas, rois, num_rois, image_shape
         >>> int(out["num_detections"][0]), out["boxes"][0, 0].numpy()
         (1, array([2., 2., 8., 9.], dtype=float32))
     """
-    check_positive_int("detections_per_image", detections_per_image)
     with tf.name_scope("postprocess_detections"):
         scores = tf.nn.softmax(tf.cast(class_logits, tf.float32), axis=-1)[:, :, 1:]
         rois = tf.cast(rois, tf.float32)
         boxes = box_ops.decode_boxes(tf.cast(box_deltas, tf.float32)[:, :, 1:], rois[:, :, None],
                                      weights=BOX_WEIGHTS)  # [B, R, C, 4]
+        return select_detections(scores, boxes, num_rois, image_shape, score_threshold,
+                                 nms_threshold, detections_per_image, min_size)
+
+
+def select_detections(scores, boxes, num_rois, image_shape, score_threshold=0.05,
+                      nms_threshold=0.5, detections_per_image=100, min_size=1e-2):
+    """The detection rule of `postprocess_detections` on decoded boxes and class probabilities.
+
+    Boxes are clipped to the image; (box, class) pairs with score `<= score_threshold` or a
+    side `< min_size` are dropped; class-wise NMS at `nms_threshold`; the
+    `detections_per_image` best kept.
+
+    Args:
+        scores: `[B, R, C]` probabilities of the object classes (background removed).
+        boxes: `[B, R, C, 4]` yxyx per-class boxes, or `[B, R, 1, 4]` (one box per RoI for
+            every class, class-agnostic regression).
+        num_rois: int `[B]`, valid RoIs (the first ones).
+        image_shape, score_threshold, nms_threshold, detections_per_image, min_size: as
+            `postprocess_detections`.
+
+    Returns:
+        The padded detections dict of `postprocess_detections`.
+
+    Example:
+        >>> out = select_detections(tf.constant([[[0.9, 0.2]]]),
+        ...                         tf.constant([[[[2.0, 2.0, 8.0, 20.0]]]]), tf.constant([1]),
+        ...                         (16, 16), detections_per_image=3)
+        >>> out["classes"][0, :2].numpy(), out["boxes"][0, 1].numpy()
+        (array([0, 1], dtype=int32), array([ 2.,  2.,  8., 16.], dtype=float32))
+    """
+    check_positive_int("detections_per_image", detections_per_image)
+    with tf.name_scope("select_detections"):
+        scores = tf.cast(scores, tf.float32)
+        boxes = tf.broadcast_to(tf.cast(boxes, tf.float32),
+                                tf.concat([tf.shape(scores), [4]], axis=0))
         shape = tf.cast(tf.convert_to_tensor(image_shape), tf.float32)
         if shape.shape.rank == 2:
             shape = shape[:, None, None, :]
         boxes = box_ops.clip_boxes(boxes, shape)
         num_classes = scores.shape[-1]
-        batch = tf.shape(scores)[0]
+        batch, num = tf.shape(scores)[0], tf.shape(scores)[1]
         boxes = tf.reshape(boxes, [batch, -1, 4])
-        classes = tf.tile(tf.range(num_classes)[None], [tf.shape(rois)[1], 1])
+        classes = tf.tile(tf.range(num_classes)[None], [num, 1])
         classes = tf.broadcast_to(tf.reshape(classes, [1, -1]), tf.shape(boxes)[:2])
-        roi_valid = tf.range(tf.shape(rois)[1])[None] < tf.cast(num_rois, tf.int32)[:, None]
+        roi_valid = tf.range(num)[None] < tf.cast(num_rois, tf.int32)[:, None]
         roi_valid = tf.reshape(tf.repeat(roi_valid, num_classes, axis=1), tf.shape(boxes)[:2])
         scores = tf.reshape(scores, [batch, -1])
         ok = (roi_valid & (boxes[..., 2] - boxes[..., 0] >= min_size)
               & (boxes[..., 3] - boxes[..., 1] >= min_size))
-        keep, num = batched_nms(boxes, tf.where(ok, scores, float("-inf")), classes,
-                                nms_threshold, score_threshold, detections_per_image,
-                                pad_to_max_output_size=True)
-        valid = tf.range(detections_per_image)[None] < num[:, None]
+        keep, count = batched_nms(boxes, tf.where(ok, scores, float("-inf")), classes,
+                                  nms_threshold, score_threshold, detections_per_image,
+                                  pad_to_max_output_size=True)
+        valid = tf.range(detections_per_image)[None] < count[:, None]
         return {
             "boxes": tf.where(valid[..., None], tf.gather(boxes, keep, batch_dims=1), 0.0),
             "scores": tf.where(valid, tf.gather(scores, keep, batch_dims=1), 0.0),
             "classes": tf.where(valid, tf.gather(classes, keep, batch_dims=1), 0),
-            "num_detections": num,
+            "num_detections": count,
         }

@@ -127,9 +127,11 @@ def _load_in_other_process(tmp, num_inputs, timeout=300):
     global _loader
     if _loader is None or _loader.poll() is not None:
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=_ROOT)
+        log = tempfile.TemporaryFile(mode="w+")  # its stderr, shown if it dies
         _loader = subprocess.Popen([sys.executable, "-u", "-c", _LOADER_SCRIPT], text=True,
                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                   stderr=subprocess.DEVNULL, env=env)
+                                   stderr=log, env=env)
+        _loader.log = log
     _loader.stdin.write(json.dumps({"tmp": tmp, "inputs": num_inputs}) + "\n")
     _loader.stdin.flush()
     deadline = time.monotonic() + timeout
@@ -142,8 +144,11 @@ def _load_in_other_process(tmp, num_inputs, timeout=300):
             reply = json.loads(line[len("KCV-LOADER "):])
             return None if reply["ok"] else reply["error"]
     _loader.kill()
+    _loader.wait()
+    _loader.log.seek(0)
+    tail = _loader.log.read()[-3000:]
     _loader = None
-    return "the loader process died or timed out"
+    return f"the loader process died or timed out; its stderr ends:\n{tail}"
 
 
 def check_keras_reload(model, arrays, atol=1e-6):

@@ -214,7 +214,6 @@ class FasterRCNN(keras.Model):
                                                            rpn_positive_fraction)
         self.box_sampler = BalancedPositiveNegativeSampler(box_batch_size_per_image,
                                                            box_positive_fraction)
-        self.seed_generator = keras.random.SeedGenerator(seed)
         extra = [] if cascade_iou_thresholds is None else self.box_head.loss_names()
         self._trackers = {n: keras.metrics.Mean(name=n) for n in ("loss", *_LOSS_NAMES, *extra)}
 
@@ -269,7 +268,11 @@ class FasterRCNN(keras.Model):
         images = tf.cast(images, self.compute_dtype)
         gt_boxes = tf.cast(targets["boxes"], tf.float32)
         gt_classes = tf.cast(targets["classes"], tf.int32)
-        seed = tf.cast(keras.random.randint((2,), 0, 2**30, seed=self.seed_generator), tf.int32)
+        # The step's sampling seed: (optimizer step, `seed`), the same on every replica. (A
+        # SeedGenerator's state, updated by each replica of a MirroredStrategy step, raced.)
+        optimizer = getattr(self, "optimizer", None)
+        step = 0 if optimizer is None else optimizer.iterations
+        seed = tf.stack([tf.cast(step, tf.int32), tf.constant(self.seed, tf.int32)])
         seed = image_seeds(seed, tf.shape(images)[0])  # an image samples alike on any replica
         pyramid = self._features(images, training)
         anchors, logits, deltas, proposals, num = self._rpn(images, pyramid, training)

@@ -47,6 +47,7 @@ def save(out_dir, prefix, weights):
 
 def main():
     out_dir = sys.argv[1]
+    tf.config.experimental.enable_op_determinism()  # replicas run concurrently: no racing kernel
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import keras

@@ -10,14 +10,11 @@ The family is read from the model's outputs (`task="auto"`): a dict holding `box
 `classes` and `num_detections` is detection, one `[B, C]` tensor classification, one
 `[B, h, w, C]` tensor segmentation.
 
-Protocol for models whose `call` does not return those outputs (e.g. a detector whose `call`
-returns training heads): the model may define `serving_outputs(images)`, taking the float
-images `[B, h, w, 3]` already preprocessed and at the model's input size, and returning a
-dict of named output tensors. The exporter then calls it instead of `model(images)`; for
-detection the dict must hold `boxes` (`[B, D, 4]`, `[y1, x1, y2, x2]` in the pixels of
-`images`), `scores` `[B, D]`, `classes` `[B, D]` and `num_detections` `[B]` (DESIGN.md).
-A model with the detectors' `serving_signature(dtype, batch_size)` hook (returning
-`(fn, input_specs)`) is run through its `"float32"` function instead.
+A model whose `call` does not return those outputs (kcv's detectors) has a
+`serving_signature(dtype, batch_size)` method returning `(fn, input_specs)`; its `"float32"`
+function is run on the images, already preprocessed and at the model's input size, instead of
+`model(images)`. For detection it returns `boxes` (`[B, D, 4]`, `[y1, x1, y2, x2]` in the
+pixels of `images`), `scores` `[B, D]`, `classes` `[B, D]` and `num_detections` `[B]`.
 """
 
 import tensorflow as tf
@@ -116,8 +113,6 @@ def _is_probability(model):
 
 
 def _raw_outputs(model, images):
-    if hasattr(model, "serving_outputs"):
-        return model.serving_outputs(images)
     if hasattr(model, "serving_signature"):  # kcv's detectors: float32 images in [0, 1]
         return model.serving_signature("float32", None)[0](images)
     return model(images, training=False)

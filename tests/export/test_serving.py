@@ -100,7 +100,8 @@ def test_classification_outputs(logits, tmp_path):
 class _CornerDetector(keras.Model):
     """Detects one box: the top-left quarter of the image it is given, with score 0.9.
 
-    Its `call` returns a training-style tensor; `serving_outputs` is the exporter's protocol.
+    Its `call` returns a training-style tensor; `serving_signature` is the exporter's hook, the
+    one kcv's detectors have.
     """
 
     def __init__(self, **kwargs):
@@ -110,14 +111,20 @@ class _CornerDetector(keras.Model):
     def call(self, images):
         return self.dense(keras.ops.mean(images, axis=(1, 2)))
 
-    def serving_outputs(self, images):
-        batch = tf.shape(images)[0]
-        hw = tf.cast(tf.shape(images)[1:3], tf.float32)
-        box = tf.concat([tf.zeros(2), hw / 2], axis=0)
-        return {"boxes": tf.tile(box[None, None], [batch, 1, 1]),
-                "scores": tf.fill([batch, 1], 0.9) + 0 * self(images),
-                "classes": tf.zeros([batch, 1], tf.int32),
-                "num_detections": tf.ones([batch], tf.int32)}
+    def serving_signature(self, dtype, batch_size):
+        spec = tf.TensorSpec([batch_size, 32, 32, 3], dtype, name="images")
+
+        def serve(images):
+            images = tf.cast(images, tf.float32)
+            batch = tf.shape(images)[0]
+            hw = tf.cast(tf.shape(images)[1:3], tf.float32)
+            box = tf.concat([tf.zeros(2), hw / 2], axis=0)
+            return {"boxes": tf.tile(box[None, None], [batch, 1, 1]),
+                    "scores": tf.fill([batch, 1], 0.9) + 0 * self(images),
+                    "classes": tf.zeros([batch, 1], tf.int32),
+                    "num_detections": tf.ones([batch], tf.int32)}
+
+        return serve, [spec]
 
 
 def test_detection_boxes_come_back_in_the_pixels_sent(tmp_path):

@@ -36,6 +36,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from custom_ops import boxes as box_ops
 from kcv.models.backbones.torchvision_resnet import (
     FrozenBatchNormalization,
     resnet_config_from_state_dict,
@@ -125,31 +126,22 @@ def resize_bilinear(images, size):
             + along_width(tf.gather(images, h1, axis=1)) * wh1[None, :, None, None])
 
 
+def _swap_xy(t):
+    """xyxy <-> yxyx (and `(dx, dy, dw, dh)` <-> `(dy, dx, dh, dw)`): an exact permutation."""
+    return tf.gather(t, [1, 0, 3, 2], axis=-1)
+
+
 def decode_boxes(deltas, boxes, weights):
-    """torchvision's `BoxCoder.decode_single`: `[..., 4]` xyxy from `(dx, dy, dw, dh)` deltas."""
-    widths = boxes[..., 2] - boxes[..., 0]
-    heights = boxes[..., 3] - boxes[..., 1]
-    ctr_x = boxes[..., 0] + 0.5 * widths
-    ctr_y = boxes[..., 1] + 0.5 * heights
+    """torchvision's `BoxCoder.decode_single`: `[..., 4]` xyxy from `(dx, dy, dw, dh)` deltas
+    (kcv's `decode_boxes`, which works in yxyx, with torchvision's `log(1000 / 16)` clamp)."""
     wx, wy, ww, wh = weights
-    dx, dy = deltas[..., 0] / wx, deltas[..., 1] / wy
-    dw = tf.minimum(deltas[..., 2] / ww, _BBOX_XFORM_CLIP)
-    dh = tf.minimum(deltas[..., 3] / wh, _BBOX_XFORM_CLIP)
-    pred_ctr_x = dx * widths + ctr_x
-    pred_ctr_y = dy * heights + ctr_y
-    half_w = 0.5 * (tf.exp(dw) * widths)
-    half_h = 0.5 * (tf.exp(dh) * heights)
-    return tf.stack([pred_ctr_x - half_w, pred_ctr_y - half_h, pred_ctr_x + half_w,
-                     pred_ctr_y + half_h], axis=-1)
+    return _swap_xy(box_ops.decode_boxes(_swap_xy(deltas), _swap_xy(boxes), (wy, wx, wh, ww),
+                                         clip=_BBOX_XFORM_CLIP))
 
 
 def _clip_xyxy(boxes, image_hw):
     """torchvision's `clip_boxes_to_image`: x in [0, width], y in [0, height]."""
-    h = tf.cast(image_hw[0], boxes.dtype)
-    w = tf.cast(image_hw[1], boxes.dtype)
-    x1, y1, x2, y2 = tf.unstack(boxes, 4, axis=-1)
-    return tf.stack([tf.clip_by_value(x1, 0.0, w), tf.clip_by_value(y1, 0.0, h),
-                     tf.clip_by_value(x2, 0.0, w), tf.clip_by_value(y2, 0.0, h)], axis=-1)
+    return _swap_xy(box_ops.clip_boxes(_swap_xy(boxes), image_hw))
 
 
 def _not_small(boxes, min_size):

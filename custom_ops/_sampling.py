@@ -55,10 +55,13 @@ def check_spatial_scale(spatial_scale):
     return float(spatial_scale)
 
 
-def check_roi_inputs(features, boxes, box_indices):
+def check_roi_inputs(features, boxes, box_indices, static_size=True):
     """Static checks of `features` [N, H, W, C], `boxes` [K, 4] and `box_indices` [K].
 
-    Returns the three tensors (`box_indices` as int32) and the static `(H, W)`.
+    With `static_size=False` a dynamic (None) height or width is accepted.
+
+    Returns the three tensors (`box_indices` as int32) and the static `(H, W)` (None where
+    dynamic).
     """
     features = tf.convert_to_tensor(features)
     if not features.dtype.is_floating:
@@ -71,7 +74,8 @@ def check_roi_inputs(features, boxes, box_indices):
             f"Received: features.shape={features.shape}"
         )
     height, width = features.shape[1], features.shape[2]
-    if height is None or width is None or height < 1 or width < 1:
+    dynamic = not static_size and (height is None or width is None)
+    if not dynamic and (height is None or width is None or height < 1 or width < 1):
         raise ValueError(
             "`features` must have a static, non-zero height and width. "
             f"Received: features.shape={features.shape}"
@@ -100,7 +104,8 @@ def check_roi_inputs(features, boxes, box_indices):
             "`boxes` and `box_indices` must have the same length K. "
             f"Received: boxes.shape={boxes.shape}, box_indices.shape={box_indices.shape}"
         )
-    return features, boxes, tf.cast(box_indices, tf.int32), (int(height), int(width))
+    size = tuple(None if d is None else int(d) for d in (height, width))
+    return features, boxes, tf.cast(box_indices, tf.int32), size
 
 
 def runtime_checks(features, boxes, box_indices):

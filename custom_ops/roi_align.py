@@ -131,15 +131,17 @@ def _plan(boxes, base, heights, widths, output_size, spatial_scale, sampling_rat
     return indices, weights, gh, gw, corners
 
 
-def _use_crop_gradient(dtype, taps):
+def _use_crop_gradient(dtype, taps, levels):
     """Scatter the gradient with TensorFlow's `CropAndResizeGradImage` kernel?
 
     For a fixed `sampling_ratio` the samples of a box form a regular `oh * gh` x `ow * gw`
     grid, which is what `crop_and_resize` samples; its fused gradient kernel (CPU and GPU) is
     2-3x faster than an XLA scatter of the same taps. It takes float32 box coordinates, so
-    float64 keeps the exact scatter; XLA and exports (no such kernel) keep the plain ops.
+    float64 keeps the exact scatter; XLA and exports (no such kernel) keep the plain ops, and
+    so do maps of dynamic height or width.
     """
-    return dtype == tf.float32 and taps is not None and use_nested_xla()
+    static = all(f.shape[1] is not None and f.shape[2] is not None for f in levels)
+    return dtype == tf.float32 and taps is not None and static and use_nested_xla()
 
 
 def _fold_edges(grad, axis):
@@ -186,20 +188,23 @@ def _align(levels, boxes, level_of_box, box_indices, output_size, spatial_scales
     """RoIAlign of each box on its level of `levels` (a list of NHWC maps with equal N and C).
 
     All levels are read as one flat `[sum(N * H_l * W_l), C]` table, so boxes of every level
-    are sampled with a single gather (static shapes, no per-level split of the boxes).
+    are sampled with a single gather (static shapes, no per-level split of the boxes). `H_l`
+    and `W_l` may be dynamic (`multiscale_roi_align`).
     """
     dtype = _sampling.compute_dtype(levels[0].dtype)
     out_dtype = levels[0].dtype
     n = tf.shape(levels[0])[0]
     channels = tf.shape(levels[0])[-1]
-    sizes = [n * f.shape[1] * f.shape[2] for f in levels]
+    dims = [[f.shape[i] if f.shape[i] is not None else tf.shape(f)[i] for i in (1, 2)]
+            for f in levels]
+    sizes = [n * h * w for h, w in dims]
     if len(levels) == 1:
-        heights, widths = levels[0].shape[1], levels[0].shape[2]
+        heights, widths = dims[0]
         scale = spatial_scales[0]
         base = box_indices * (heights * widths)
     else:
-        hs = tf.constant([f.shape[1] for f in levels], tf.int32)
-        ws = tf.constant([f.shape[2] for f in levels], tf.int32)
+        hs = tf.stack([tf.cast(h, tf.int32) for h, _ in dims])
+        ws = tf.stack([tf.cast(w, tf.int32) for _, w in dims])
         starts = tf.concat([[0], tf.math.cumsum(tf.stack(sizes))[:-1]], axis=0)
         heights = tf.gather(hs, level_of_box)[:, None]
         widths = tf.gather(ws, level_of_box)[:, None]
@@ -234,7 +239,8 @@ def _align(levels, boxes, level_of_box, box_indices, output_size, spatial_scales
     @tf.custom_gradient
     def _op(*feats):
         def grad(dy):
-            if _use_crop_gradient(dtype, taps):  # decided here: the gradient may be traced apart
+            # decided here: the gradient may be traced apart
+            if _use_crop_gradient(dtype, taps, feats):
                 dy = tf.cast(dy, dtype)
                 if len(feats) == 1:
                     parts, levels_dy = [box_indices], [dy]
@@ -255,8 +261,10 @@ def _align(levels, boxes, level_of_box, box_indices, output_size, spatial_scales
     return _op(*levels)
 
 
-def _prepare(features, boxes, box_indices, output_size, spatial_scale, sampling_ratio):
-    features, boxes, box_indices, _ = _sampling.check_roi_inputs(features, boxes, box_indices)
+def _prepare(features, boxes, box_indices, output_size, spatial_scale, sampling_ratio,
+             static_size=True):
+    features, boxes, box_indices, _ = _sampling.check_roi_inputs(features, boxes, box_indices,
+                                                                 static_size)
     output_size = _sampling.check_output_size(output_size)
     spatial_scale = _sampling.check_spatial_scale(spatial_scale)
     sampling_ratio = _check_sampling_ratio(sampling_ratio)
@@ -371,8 +379,10 @@ def fpn_levels(boxes, min_level, max_level, canonical_size=224.0, canonical_leve
 
 def multiscale_roi_align(features, boxes, box_indices, output_size, spatial_scales,
                          sampling_ratio=2, aligned=True, canonical_size=224.0,
-                         canonical_level=4):
+                         canonical_level=4, levels=None):
     """RoIAlign of each box on its FPN level (`fpn_levels`), results in box order.
+
+    The maps may have dynamic height and width (unlike `roi_align`'s single map).
 
     Args:
         features: list of float Tensors [N, H_l, W_l, C], finest first (e.g. P2..P5).
@@ -381,6 +391,9 @@ def multiscale_roi_align(features, boxes, box_indices, output_size, spatial_scal
             (e.g. `[1/4, 1/8, 1/16, 1/32]` is levels 2..5).
         canonical_size, canonical_level: a box of `canonical_size` pixels maps to
             `canonical_level` (224 and 4 in the FPN paper).
+        levels: optional int Tensor [K], the index into `features` of each box's map
+            (0 = the finest), instead of `fpn_levels` (which computes in float32): e.g.
+            torchvision's `LevelMapper` in the boxes' own dtype.
 
     Returns:
         Tensor [K, output_height, output_width, C]; the gradient flows to every level.
@@ -405,9 +418,9 @@ def multiscale_roi_align(features, boxes, box_indices, output_size, spatial_scal
             f"Received: spatial_scales={spatial_scales!r} for {len(features)} maps"
         )
     scales = [_sampling.check_spatial_scale(s) for s in scales]
-    levels = [-math.log2(s) for s in scales]
-    if any(abs(lv - round(lv)) > 1e-6 for lv in levels) or any(
-        round(b) - round(a) != 1 for a, b in zip(levels, levels[1:])
+    scale_levels = [-math.log2(s) for s in scales]
+    if any(abs(lv - round(lv)) > 1e-6 for lv in scale_levels) or any(
+        round(b) - round(a) != 1 for a, b in zip(scale_levels, scale_levels[1:])
     ):
         raise ValueError(
             "`spatial_scales` must be powers of two, finest first, one level apart "
@@ -417,7 +430,7 @@ def multiscale_roi_align(features, boxes, box_indices, output_size, spatial_scal
         maps = []
         for f in features:
             f, boxes, box_indices, output_size, _, sampling_ratio = _prepare(
-                f, boxes, box_indices, output_size, 1.0, sampling_ratio
+                f, boxes, box_indices, output_size, 1.0, sampling_ratio, static_size=False
             )
             maps.append(f)
         if len({f.dtype for f in maps}) > 1 or len({f.shape[-1] for f in maps}) > 1:
@@ -425,8 +438,11 @@ def multiscale_roi_align(features, boxes, box_indices, output_size, spatial_scal
                 "`features` must share dtype and channel count. Received: "
                 f"{[(f.dtype.name, tuple(f.shape)) for f in maps]}"
             )
-        min_level = round(levels[0])
-        level = fpn_levels(boxes, min_level, round(levels[-1]), canonical_size,
-                           canonical_level) - min_level
+        if levels is None:
+            min_level = round(scale_levels[0])
+            level = fpn_levels(boxes, min_level, round(scale_levels[-1]), canonical_size,
+                               canonical_level) - min_level
+        else:
+            level = tf.cast(levels, tf.int32)
         return _align(maps, boxes, level, box_indices, output_size, scales, sampling_ratio,
                       aligned, custom_gradient=True)

@@ -368,3 +368,33 @@ def test_float32_multiscale_gradient_matches_numpy_per_level():
         want_grads[lv - 2] += want_grad
     for g, w in zip(grads, want_grads):
         np.testing.assert_allclose(g.numpy(), w, atol=1e-5, rtol=0)
+
+
+def test_multiscale_levels_argument_on_maps_of_dynamic_size_matches_numpy():
+    # Levels given per box (here not the FPN rule: box 0 on the coarsest map) and maps whose
+    # height and width are unknown when traced (a model taking any image size).
+    maps = [_RNG.normal(size=(2, 48 // s, 64 // s, 2)) for s in (4, 8, 16, 32)]
+    boxes = np.array([[0.0, 0.0, 16.0, 16.0], [10.0, 10.0, 40.0, 60.0], [5.0, 2.0, 47.0, 30.0]])
+    levels = np.array([3, 0, 1], np.int32)
+    idx = np.array([0, 1, 1], np.int32)
+    dy = _RNG.normal(size=(3, 3, 3, 2))
+    spec = tf.TensorSpec([None, None, None, 2], tf.float64)
+
+    @tf.function(input_signature=[[spec] * 4])
+    def pooled_and_grads(tensors):
+        with tf.GradientTape() as tape:
+            tape.watch(tensors)
+            got = multiscale_roi_align(tensors, boxes, idx, 3, _SCALES, 2, aligned=False,
+                                       levels=levels)
+            loss = tf.reduce_sum(got * dy)
+        return got, tape.gradient(loss, tensors)
+
+    got, grads = pooled_and_grads([tf.constant(m) for m in maps])
+    want_grads = [np.zeros_like(m) for m in maps]
+    for i, lv in enumerate(levels):
+        want, want_grad = np_roi_align(maps[lv], boxes[i:i + 1], idx[i:i + 1], (3, 3),
+                                       _SCALES[lv], 2, False, dy[i:i + 1])
+        np.testing.assert_allclose(got[i].numpy(), want[0], atol=1e-12, rtol=0)
+        want_grads[lv] += want_grad
+    for g, w in zip(grads, want_grads):
+        np.testing.assert_allclose(g.numpy(), w, atol=1e-12, rtol=0)

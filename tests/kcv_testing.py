@@ -215,6 +215,20 @@ def run_saved_model_without_kcv(path, inputs):
     return names, outputs
 
 
+def assert_same_detections(got, want, box_atol=1e-3, score_atol=1e-4):
+    """An exported detector's outputs against the Keras model's: the same number of detections
+    and classes, boxes within `box_atol` pixels, scores within `score_atol`.
+
+    Args:
+        got, want: dicts of arrays `{"boxes" [B, D, 4], "scores" [B, D], "classes" [B, D],
+            "num_detections" [B]}`.
+    """
+    np.testing.assert_array_equal(got["num_detections"], want["num_detections"])
+    np.testing.assert_array_equal(got["classes"], want["classes"])
+    np.testing.assert_allclose(got["boxes"], want["boxes"], atol=box_atol, rtol=0)
+    np.testing.assert_allclose(got["scores"], want["scores"], atol=score_atol, rtol=0)
+
+
 def check_mixed_precision(factory, arrays, reference_model, rtol=5e-2, train=True):
     """Forward pass and one training step under `mixed_float16`.
 

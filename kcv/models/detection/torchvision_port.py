@@ -20,12 +20,14 @@ by tests/kcv/models/detection/test_torchvision_port.py; docs/detection.md):
    NMS per class, best `box_detections_per_img`) and `resize_boxes` back to the input size.
 
 Inside, boxes are torchvision's `[x1, y1, x2, y2]` (the model outputs kcv's `[y1, x1, y2, x2]`).
-Steps 3-4 are written here rather than taken from kcv's `generate_proposals`,
-`postprocess_detections`, `multiscale_roi_align` and `batched_nms`, which compute in float32
-(and test IoU as `inter > t / (1 + t) * (area_a + area_b)`) and need static map sizes: here every
-op keeps the model's dtype (float64 proves the port) and follows torchvision's arithmetic
-(IoU `inter / (area_a + area_b - inter) > t`, RoIAlign's sum of four-corner terms divided by the
-sample count), on maps of any size.
+RoIAlign is kcv's `custom_ops.multiscale_roi_align` (`aligned=False`, the levels of
+`level_mapper` in the model's dtype). The rest of steps 3-4 is written here rather than taken
+from kcv's `generate_proposals`, `postprocess_detections` and `batched_nms`, which compute in
+float32 (and test IoU as `inter > t / (1 + t) * (area_a + area_b)`) and need static map sizes:
+here every op keeps the model's dtype (float64 proves the port) and follows torchvision's
+arithmetic (IoU `inter / (area_a + area_b - inter) > t`), on maps of any size. Every op is
+static-shaped or a `tf.while_loop` of TFLite builtins, so the model exports like kcv's own
+detectors (`serving_signature`; at a fixed `input_shape` for TFLite).
 """
 
 import math
@@ -37,6 +39,7 @@ import numpy as np
 import tensorflow as tf
 
 from custom_ops import boxes as box_ops
+from custom_ops import multiscale_roi_align as _shared_multiscale_roi_align
 from kcv.models.backbones.torchvision_resnet import (
     FrozenBatchNormalization,
     resnet_config_from_state_dict,
@@ -46,6 +49,7 @@ from kcv.models.backbones.torchvision_resnet import (
 from kcv.models.detection.anchors import AnchorGenerator
 from kcv.models.detection.fpn import FPN, _upsample_nearest
 from kcv.models.detection.rpn import RPNHead
+from kcv.models.detection.serving import DETECTION_OUTPUTS, serving_signature
 
 ARCHITECTURES = ("fasterrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn_v2")
 _NORM_EPSILON = {"fasterrcnn_resnet50_fpn": 0.0,  # torchvision overwrites it for COCO_V1
@@ -227,70 +231,30 @@ def level_mapper(boxes, k_min=2, k_max=5, canonical_scale=224.0, canonical_level
     return tf.cast(levels, tf.int32) - k_min
 
 
-def _roi_align_level(feature, boxes, box_indices, spatial_scale, output_size, sampling_ratio):
-    """torchvision's CPU `roi_align(aligned=False)` of `[K, 4]` xyxy boxes on one NHWC map."""
-    dtype = feature.dtype
-    shape = tf.shape(feature)
-    height, width, channels = shape[1], shape[2], shape[3]
-    flat = tf.reshape(feature, [-1, channels])
-    scale = tf.constant(spatial_scale, dtype)
-    x1, y1, x2, y2 = (boxes[:, i] * scale for i in range(4))
-    roi_w = tf.maximum(x2 - x1, 1.0)
-    roi_h = tf.maximum(y2 - y1, 1.0)
-    bin_h, bin_w = roi_h / output_size, roi_w / output_size
-    bins = tf.cast(tf.range(output_size), dtype)
-    grid = tf.constant(float(sampling_ratio), dtype)
-
-    def axis(start, bin_size, i, size):  # [K, output_size] samples, torchvision's rules
-        c = (start[:, None] + bins[None] * bin_size[:, None]) + (
-            (i + 0.5) * bin_size[:, None]) / grid
-        size_f = tf.cast(size, dtype)
-        inside = (c >= -1.0) & (c <= size_f)
-        c = tf.maximum(c, 0.0)
-        low = tf.cast(tf.floor(c), tf.int32)
-        at_end = low >= size - 1
-        low = tf.where(at_end, size - 1, low)
-        high = tf.where(at_end, size - 1, low + 1)
-        c = tf.where(at_end, tf.cast(low, dtype), c)
-        frac = c - tf.cast(low, dtype)
-        return low, high, 1.0 - frac, frac, inside
-
-    base = (box_indices * height * width)[:, None, None]
-    total = None
-    for iy in range(sampling_ratio):
-        y_lo, y_hi, hy, ly, y_in = axis(y1, bin_h, iy, height)
-        for ix in range(sampling_ratio):
-            x_lo, x_hi, hx, lx, x_in = axis(x1, bin_w, ix, width)
-            inside = tf.cast(y_in[:, :, None] & x_in[:, None, :], dtype)[..., None]
-            terms = []
-            for rows, wy in ((y_lo, hy), (y_hi, ly)):
-                for cols, wx in ((x_lo, hx), (x_hi, lx)):
-                    index = base + rows[:, :, None] * width + cols[:, None, :]
-                    weight = (wy[:, :, None] * wx[:, None, :])[..., None] * inside
-                    terms.append(weight * tf.gather(flat, index))
-            sample = ((terms[0] + terms[1]) + terms[2]) + terms[3]
-            total = sample if total is None else total + sample
-    return total / float(sampling_ratio * sampling_ratio)
-
-
 def multiscale_roi_align(features, boxes, box_indices, output_size=_ROI_OUTPUT,
                          sampling_ratio=_ROI_SAMPLING, spatial_scales=_ROI_SCALES):
     """torchvision's `MultiScaleRoIAlign`: each `[K, 4]` xyxy box pooled on its `level_mapper` map.
 
+    kcv's `custom_ops.multiscale_roi_align` with torchvision's settings (`aligned=False`, a
+    fixed `sampling_ratio`) and the levels of `level_mapper` in the boxes' dtype: every map is
+    read as one flat table with per-box level, scale and size (static shapes, TFLite
+    builtins). Its arithmetic is torchvision's CPU kernel's but for the order in which each
+    bin's 16 weighted corner values are summed (round-off only: the weights are torchvision's
+    times the exact power of two `1 / sampling_ratio**2`).
+
     Returns `[K, output_size, output_size, C]` NHWC in the box order.
+
+    Example:
+        >>> maps = [tf.ones([1, 64 // s, 64 // s, 2]) for s in (4, 8, 16, 32)]
+        >>> multiscale_roi_align(maps, tf.constant([[0.0, 0.0, 30.0, 20.0]]), [0]).shape
+        TensorShape([1, 7, 7, 2])
     """
     k_min = round(-math.log2(spatial_scales[0]))
     k_max = round(-math.log2(spatial_scales[-1]))
     levels = level_mapper(boxes, k_min, k_max)
-    num_levels = len(features)
-    positions = tf.dynamic_partition(tf.range(tf.shape(boxes)[0]), levels, num_levels)
-    pooled = []
-    for level, (feature, scale) in enumerate(zip(features, spatial_scales)):
-        idx = positions[level]
-        pooled.append(_roi_align_level(feature, tf.gather(boxes, idx),
-                                       tf.gather(box_indices, idx), scale, output_size,
-                                       sampling_ratio))
-    return tf.dynamic_stitch(positions, pooled)
+    return _shared_multiscale_roi_align(
+        list(features), _swap_xy(boxes), box_indices, output_size, list(spatial_scales),
+        sampling_ratio, aligned=False, levels=levels)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -385,6 +349,8 @@ class TorchvisionFasterRCNN(keras.Model):
         architecture: "fasterrcnn_resnet50_fpn" (v1: FrozenBatchNorm backbone, plain FPN,
             one-conv RPN head, `TwoMLPHead`) or "fasterrcnn_resnet50_fpn_v2" (batch norm in the
             FPN (`NormalizedFPN`), two-conv RPN head, `FastRCNNConvFCHead`).
+        input_shape: `(H, W, 3)` of the images the exported model takes (`serving_signature`);
+            default `(None, None, 3)`: any size (the SavedModel); TFLite needs a fixed size.
         **kwargs: base `Model` arguments (`dtype="float64"` builds every layer in float64).
 
     Call arguments:
@@ -407,11 +373,17 @@ class TorchvisionFasterRCNN(keras.Model):
                  image_mean=(0.485, 0.456, 0.406), image_std=(0.229, 0.224, 0.225),
                  rpn_pre_nms_top_n_test=1000, rpn_post_nms_top_n_test=1000, rpn_nms_thresh=0.7,
                  rpn_score_thresh=0.0, box_score_thresh=0.05, box_nms_thresh=0.5,
-                 box_detections_per_img=100, **kwargs):
+                 box_detections_per_img=100, input_shape=(None, None, 3), **kwargs):
         super().__init__(**kwargs)
         if architecture not in ARCHITECTURES:
             raise ValueError(f"`architecture` must be one of {ARCHITECTURES}. "
                              f"Received: architecture={architecture!r}")
+        shape = tuple(input_shape) if isinstance(input_shape, (list, tuple)) else None
+        if shape is None or len(shape) != 3 or shape[2] != 3 or not all(
+                d is None or (isinstance(d, int) and d > 0) for d in shape[:2]):
+            raise ValueError("`input_shape` must be (height, width, 3), sides positive ints or "
+                             f"None. Received: input_shape={input_shape!r}")
+        self.image_shape_arg = shape
         self.architecture = architecture
         self.num_classes = num_classes
         self.blocks_per_stage = tuple(blocks_per_stage)
@@ -591,7 +563,17 @@ class TorchvisionFasterRCNN(keras.Model):
 
     def call(self, images):
         out = self.stages(images)
-        return {k: out[k] for k in ("boxes", "scores", "classes", "num_detections")}
+        return {k: out[k] for k in DETECTION_OUTPUTS}
+
+    # === Export ===
+
+    serving_output_names = DETECTION_OUTPUTS
+
+    def serving_signature(self, dtype="uint8", batch_size=None):
+        """`(fn, input_specs)` that `export/` serves (`kcv.models.detection.serving`): uint8
+        pixels (SavedModel) or float32 in [0, 1] (TFLite) `[batch_size, *input_shape]` in,
+        float32 `boxes`/`scores`, int32 `classes`/`num_detections` out."""
+        return serving_signature(self, dtype, batch_size)
 
     # === Weights ===
 
@@ -688,6 +670,7 @@ class TorchvisionFasterRCNN(keras.Model):
             "rpn_nms_thresh": self.rpn_nms_thresh, "rpn_score_thresh": self.rpn_score_thresh,
             "box_score_thresh": self.box_score_thresh, "box_nms_thresh": self.box_nms_thresh,
             "box_detections_per_img": self.box_detections_per_img,
+            "input_shape": self.image_shape_arg,
         }
 
 
@@ -784,8 +767,9 @@ def faster_rcnn_from_torchvision(state_dict, architecture="fasterrcnn_resnet50_f
             (read from the checkpoint), `min_size=800`, `max_size=1333`, `image_mean`,
             `image_std`, `rpn_pre_nms_top_n_test=1000`, `rpn_post_nms_top_n_test=1000`,
             `rpn_nms_thresh=0.7`, `rpn_score_thresh=0.0`, `box_score_thresh=0.05`,
-            `box_nms_thresh=0.5`, `box_detections_per_img=100`; and `norm_epsilon` (v1: 0.0,
-            the value torchvision sets for the COCO_V1 weights; v2: 1e-5).
+            `box_nms_thresh=0.5`, `box_detections_per_img=100`; `norm_epsilon` (v1: 0.0,
+            the value torchvision sets for the COCO_V1 weights; v2: 1e-5); and `input_shape`
+            (`(H, W, 3)` for export, default `(None, None, 3)`: any size).
 
     Returns:
         A built `TorchvisionFasterRCNN`.
@@ -814,7 +798,7 @@ def faster_rcnn_from_torchvision(state_dict, architecture="fasterrcnn_resnet50_f
                         f"arrays. Received: {type(state_dict).__name__}")
     state_dict = normalize_state_dict_keys(state_dict)
     config = config_from_state_dict(state_dict, architecture)
-    allowed = set(_DEFAULTS) | {"num_classes", "norm_epsilon"}
+    allowed = set(_DEFAULTS) | {"num_classes", "norm_epsilon", "input_shape"}
     unknown = sorted(set(overrides) - allowed)
     if unknown:
         raise ValueError(f"Unknown overrides {unknown}; accepted: {sorted(allowed)}")

@@ -5,7 +5,9 @@ Shape from issue 4: inputs [4, 64, 64, 64] -> 64 channels, 3x3, stride 1, paddin
   * tf.nn.conv2d of the same shape, forward + backward (inputs and kernel gradients);
   * the autodiff reference `_deform_conv2d_reference` (per-corner gather_nd + einsum).
 Each is a `tf.function` returning the output and all gradients; the median of several
-interleaved repeats is reported, with ratios. Also reports the forward pass alone and XLA.
+interleaved repeats is reported, with ratios. Also reports ours with the columns kept between
+the passes (`column_budget_bytes`), the forward pass alone and XLA
+(`benchmarks/deform_conv_floor.py` profiles the XLA path).
 
 With `--profile`, also times the steps of our forward + backward in isolation, in the same
 run as `tf.nn.conv2d`: the three matmuls (forward, input and kernel gradients of the columns)
@@ -61,6 +63,11 @@ def _ours(x, offsets, kernel, bias, mask):
     return deform_conv2d(x, offsets, kernel, bias, mask, padding=1)
 
 
+def _ours_kept(x, offsets, kernel, bias, mask):
+    """Columns kept between the passes (`column_budget_bytes` large enough)."""
+    return deform_conv2d(x, offsets, kernel, bias, mask, padding=1, column_budget_bytes=1 << 40)
+
+
 def _reference(x, offsets, kernel, bias, mask):
     return _deform_conv2d_reference(x, offsets, kernel, bias, mask, padding=1)
 
@@ -83,6 +90,36 @@ def _measure(cases, args, repeats):
     return {name: float(np.median(t)) for name, t in times.items()}
 
 
+def _neighbourhood_rows(rows, geo):
+    """Rows of the padded map `(H + 2) * (W + 2)` as rows of `_module._neighbourhoods`."""
+    h, w, g = geo.height, geo.width, geo.offset_groups
+    pixel, group = rows // g, rows % g
+    image, rest = pixel // ((h + 2) * (w + 2)), pixel % ((h + 2) * (w + 2))
+    return ((image * (h + 1) + rest // (w + 2)) * (w + 1) + rest % (w + 2)) * g + group
+
+
+@tf.function(jit_compile=True)
+def _neighbourhood_columns(x, nb_rows, weights, mask_rows, static):
+    corners = tf.gather(_module._neighbourhoods(static, x), nb_rows)  # [R, 4, Cg]
+    cols = tf.reduce_sum(corners * (weights * mask_rows)[:, :, None], axis=1)
+    return tf.reshape(cols, [-1, static.taps * static.channels])
+
+
+@tf.function(jit_compile=True)
+def _fused_columns_and_grads(x, rows, weights, d_dy, d_dx, mask_rows, grad_cols, static):
+    padded, steps = _module._padded_rows(static, x)
+    grad = tf.reshape(grad_cols, [-1, static.channels // static.offset_groups])
+    corners = [tf.gather(padded, rows + steps[k]) for k in range(4)]
+    w = weights * mask_rows
+    cols = tf.add_n([w[:, k, None] * corners[k] for k in range(4)])
+    grad_w = tf.stack([tf.reduce_sum(c * grad, -1) for c in corners], axis=1)
+    grad_mask = tf.reduce_sum(grad_w * weights, 1)
+    grad_w = grad_w * mask_rows
+    grad_offsets = tf.stack([tf.reduce_sum(grad_w * d_dy, 1), tf.reduce_sum(grad_w * d_dx, 1)],
+                            -1)
+    return cols, grad * mask_rows, grad_offsets, grad_mask
+
+
 def _profile(data, repeats):
     """Median ms of each step of our forward + backward, isolated, beside tf.nn.conv2d."""
     x, offsets, mask, kernel, _ = data
@@ -97,6 +134,7 @@ def _profile(data, repeats):
     grad_samples = _module._xla_sample_grads(x, rows, weights, d_dy, d_dx, mask_rows, grad_cols,
                                              st, scatter=False)[0]
     size = tf.shape(images)
+    nb_rows = _neighbourhood_rows(rows, geo)
     steps = {
         "conv2d fwd+bwd": lambda: _conv_step(*data),
         "3 matmuls": lambda: (_module._matmul_kernel(geo, cols, kernel),
@@ -112,6 +150,13 @@ def _profile(data, repeats):
         "input scatter (CropAndResizeGradImage)": lambda: tf.raw_ops.CropAndResizeGradImage(
             grads=grad_samples[:, None, None, :], boxes=_module._crop_boxes(geo, y, xs),
             box_ind=image, image_size=size, T=x.dtype),
+        # Alternatives measured and not kept (issue 21): one gather of 2x2 neighbourhood rows
+        # instead of four corner gathers, and the backward's column recomputation fused with
+        # the offset/mask gradients in one XLA program (one gather pass instead of two).
+        "alt: columns, one neighbourhood gather": lambda: _neighbourhood_columns(
+            x, nb_rows, weights, mask_rows, st),
+        "alt: columns + offset/mask grads fused": lambda: _fused_columns_and_grads(
+            x, rows, weights, d_dy, d_dx, mask_rows, grad_cols, st),
     }
     res = _measure({name: tf.function(fn) for name, fn in steps.items()}, (), repeats)
     print("\nsteps in isolation (median ms; ours runs positions and columns in the forward and "
@@ -120,14 +165,18 @@ def _profile(data, repeats):
         print(f"  {name:<40s} {t * 1e3:8.1f} ms  ({t / res['conv2d fwd+bwd']:.2f}x conv2d)")
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parser(description):
+    """The command-line options shared with `deform_conv_floor.py`."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--channels", type=int, default=64)
-    parser.add_argument("--profile", action="store_true")
-    args = parser.parse_args()
+    return parser
+
+
+def inputs(args):
+    """`(x, offsets, mask, kernel, bias)`: random, float32, offsets of a few pixels."""
     rng = np.random.default_rng(0)
     n, s, c = args.batch, args.size, args.channels
     x = tf.constant(rng.normal(size=(n, s, s, c)), tf.float32)
@@ -135,13 +184,22 @@ def main():
     mask = tf.constant(rng.uniform(size=(n, s, s, 9)), tf.float32)
     kernel = tf.constant(rng.normal(size=(3, 3, c, c)) * 0.05, tf.float32)
     bias = tf.constant(rng.normal(size=(c,)), tf.float32)
-    data = (x, offsets, mask, kernel, bias)
+    return x, offsets, mask, kernel, bias
+
+
+def main():
+    cli = parser(__doc__.splitlines()[0])
+    cli.add_argument("--profile", action="store_true")
+    args = cli.parse_args()
+    data = inputs(args)
+    x, c = data[0], args.channels
     print(f"deform_conv2d modulated 3x3, inputs {list(x.shape)} -> {c} channels, "
           f"float32, CPU threads: {os.cpu_count()}, median of {args.repeats} interleaved runs")
 
     train = _measure({
         "conv2d": tf.function(_conv_step),
         "ours": tf.function(_train_step(_ours)),
+        "ours_kept": tf.function(_train_step(_ours_kept)),
         "reference": tf.function(_train_step(_reference)),
         "conv2d_xla": tf.function(_conv_step, jit_compile=True),
         "ours_xla": tf.function(_train_step(_ours), jit_compile=True),
@@ -157,6 +215,9 @@ def main():
             print(f"  {name:<12s} {t * 1e3:9.1f} ms")
         print(f"  ours / tf.nn.conv2d        = {res['ours'] / res['conv2d']:.2f}x")
         print(f"  reference / ours (speedup) = {res['reference'] / res['ours']:.2f}x")
+        if "ours_kept" in res:
+            print(f"  ours_kept / conv2d         = {res['ours_kept'] / res['conv2d']:.2f}x "
+                  "(column_budget_bytes: columns kept between the passes)")
         if "ours_xla" in res:
             print(f"  ours_xla / conv2d_xla      = {res['ours_xla'] / res['conv2d_xla']:.2f}x")
     if args.profile:

@@ -520,17 +520,21 @@ def _xla_sample_grads(x, rows, weights, d_dy, d_dx, mask_rows, grad_cols, static
 
 
 def _forward_xla(geo, x, offsets, kernel, bias, mask):
+    """The output and the sampled columns `[M, K * C]`."""
     rows, weights, _, _, mask_rows = _xla_sampling(x, offsets, mask, geo.static)
     cols = _xla_columns(x, rows, weights, mask_rows, geo.static)
     out = _matmul_kernel(geo, cols, kernel)
     if bias is not None:
         out = out + bias
-    return tf.reshape(out, [_dim(x, 0), _dim(offsets, 1), _dim(offsets, 2), geo.cout])
+    return tf.reshape(out, [_dim(x, 0), _dim(offsets, 1), _dim(offsets, 2), geo.cout]), cols
 
 
-def _backward_xla(geo, x, offsets, kernel, mask, upstream):
+def _backward_xla(geo, x, offsets, kernel, mask, upstream, cols=None):
+    """Gradients for (inputs, offsets, kernel, mask); `cols`: the forward pass's columns if
+    kept (`column_budget_bytes`), else recomputed."""
     rows, weights, d_dy, d_dx, mask_rows = _xla_sampling(x, offsets, mask, geo.static)
-    cols = _xla_columns(x, rows, weights, mask_rows, geo.static)
+    if cols is None:
+        cols = _xla_columns(x, rows, weights, mask_rows, geo.static)
     grad_kernel, grad_cols = _kernel_grads(geo, cols, kernel, tf.reshape(upstream, [-1, geo.cout]))
     del cols
     grads = _xla_sample_grads(x, rows, weights, d_dy, d_dx, mask_rows, grad_cols, geo.static)
@@ -607,21 +611,24 @@ def _crop_columns(geo, images, y, x, image, mask_rows):
 
 
 def _forward_crop(geo, x, offsets, kernel, bias, mask, dtype):
+    """The output and the sampled columns `[M, K * C]`."""
     y, xs, image = _crop_plan(geo, offsets, _dim(x, 0), dtype)
     mask_rows = None if mask is None else _mask_rows(geo, mask, dtype)
     cols = _crop_columns(geo, _crop_images(geo, x), y, xs, image, mask_rows)
     out = _matmul_kernel(geo, cols, kernel)
     if bias is not None:
         out = out + bias
-    return tf.reshape(out, [_dim(x, 0), _dim(offsets, 1), _dim(offsets, 2), geo.cout])
+    return tf.reshape(out, [_dim(x, 0), _dim(offsets, 1), _dim(offsets, 2), geo.cout]), cols
 
 
-def _backward_crop(geo, x, offsets, kernel, mask, upstream):
+def _backward_crop(geo, x, offsets, kernel, mask, upstream, cols=None):
     """The nested-XLA backward pass with the input-gradient scatter done by
-    `CropAndResizeGradImage` (the XLA scatter is the slowest part of `_backward_xla`)."""
+    `CropAndResizeGradImage` (the XLA scatter is the slowest part of `_backward_xla`);
+    `cols` as in `_backward_xla`."""
     batch = _dim(x, 0)
     rows, weights, d_dy, d_dx, mask_rows = _xla_sampling(x, offsets, mask, geo.static)
-    cols = _xla_columns(x, rows, weights, mask_rows, geo.static)
+    if cols is None:
+        cols = _xla_columns(x, rows, weights, mask_rows, geo.static)
     grad_kernel, grad_cols = _kernel_grads(geo, cols, kernel, tf.reshape(upstream, [-1, geo.cout]))
     del cols
     grads = _xla_sample_grads(x, rows, weights, d_dy, d_dx, mask_rows, grad_cols, geo.static,
@@ -666,7 +673,7 @@ def _prepare(inputs, offsets, kernel, bias, mask):
 
 
 def deform_conv2d(inputs, offsets, kernel, bias=None, mask=None, strides=1, padding=0,
-                  dilation_rate=1):
+                  dilation_rate=1, column_budget_bytes=0):
     """Deformable 2-D convolution: v1 (`mask=None`) and v2 (modulated, with `mask`).
 
     Each kernel tap reads the input at its regular grid position shifted by a learned offset,
@@ -695,6 +702,12 @@ def deform_conv2d(inputs, offsets, kernel, bias=None, mask=None, strides=1, padd
         padding: int or `(pad_h, pad_w)` of zeros on each side (default 0), or `"valid"` (0) or
             `"same"` (TensorFlow's rule: output `ceil(H / stride)`, extra pad at the bottom/right).
         dilation_rate: int or `(dilation_h, dilation_w)`, default 1.
+        column_budget_bytes: non-negative int. When the sampled columns
+            (`N * H_out * W_out * kh * kw * C_in` values of the compute dtype; static shapes)
+            take at most this many bytes, the forward pass keeps them for the backward pass
+            instead of the backward pass sampling them again: faster, but they stay in memory
+            between the passes. 0 (default) never keeps them. Only outside `jit_compile=True`
+            (XLA plans its own program there) and outside SavedModel export.
 
     Returns:
         Tensor `[N, H_out, W_out, C_out]` with the dtype of `inputs` (computed in float32 for
@@ -708,7 +721,8 @@ def deform_conv2d(inputs, offsets, kernel, bias=None, mask=None, strides=1, padd
         TypeError: non-float tensors.
 
     Gradients for `inputs`, `offsets`, `kernel`, `bias` and `mask` are hand-written: the
-    backward pass recomputes the sampled columns instead of keeping them from the forward pass.
+    backward pass recomputes the sampled columns instead of keeping them from the forward pass
+    (unless `column_budget_bytes` allows keeping them).
     The gradient with respect to an offset is that of the bilinear formula (zero when the
     sample lies outside, as in torchvision).
 
@@ -729,15 +743,30 @@ def deform_conv2d(inputs, offsets, kernel, bias=None, mask=None, strides=1, padd
     with tf.name_scope("deform_conv2d"):
         inputs, offsets, kernel, bias, mask = _prepare(inputs, offsets, kernel, bias, mask)
         geo = _Geometry(inputs, offsets, kernel, mask, strides, padding, dilation_rate)
+        if (not isinstance(column_budget_bytes, numbers.Integral)
+                or isinstance(column_budget_bytes, bool) or column_budget_bytes < 0):
+            raise ValueError(
+                "`column_budget_bytes` must be a non-negative int. Received: "
+                f"column_budget_bytes={column_budget_bytes!r}"
+            )
         checks = _runtime_checks(geo, inputs, offsets, mask)
         with tf.control_dependencies(checks):
             inputs = tf.identity(inputs) if checks else inputs
-        return _deform_conv2d(geo, inputs, offsets, kernel, bias, mask)
+        return _deform_conv2d(geo, inputs, offsets, kernel, bias, mask, column_budget_bytes)
 
 
-def _deform_conv2d(geo, inputs, offsets, kernel, bias, mask):
+def _columns_fit(geo, inputs, dtype, budget):
+    """True when the sampled columns have a static size of at most `budget` bytes."""
+    batch = _static(inputs, 0)
+    if not budget or None in (batch, geo.out_h, geo.out_w):
+        return False
+    return batch * geo.out_h * geo.out_w * geo.taps * geo.channels * dtype.size <= budget
+
+
+def _deform_conv2d(geo, inputs, offsets, kernel, bias, mask, column_budget_bytes=0):
     out_dtype = inputs.dtype
     dtype = _compute_dtype(out_dtype)
+    keep = _columns_fit(geo, inputs, dtype, column_budget_bytes)
     args = [inputs, offsets, kernel] + [t for t in (bias, mask) if t is not None]
     has_bias, has_mask = bias is not None, mask is not None
 
@@ -754,12 +783,15 @@ def _deform_conv2d(geo, inputs, offsets, kernel, bias, mask):
         # their inputs (the big columns) alive until the tape is released.
         x, off, k, b, m = (None if t is None else tf.stop_gradient(tf.cast(t, dtype))
                            for t in unpack(values))
+        cols = None
         if _use_crop_kernels(geo, dtype):
-            out = _forward_crop(geo, x, off, k, b, m, dtype)
+            out, cols = _forward_crop(geo, x, off, k, b, m, dtype)
         elif use_nested_xla():
-            out = _forward_xla(geo, x, off, k, b, m)
+            out, cols = _forward_xla(geo, x, off, k, b, m)
         else:
             out = _forward(geo, x, off, k, b, m, dtype)
+        kept = cols if keep else None  # captured by `grad` only when within the budget
+        del cols
 
         def grad(upstream):
             # Recompute from the inputs; the control dependency on `upstream` keeps graph
@@ -769,9 +801,9 @@ def _deform_conv2d(geo, inputs, offsets, kernel, bias, mask):
             m_ = tf.cast(values[-1], dtype) if has_mask else None
             up = tf.cast(upstream, dtype)
             if _use_crop_kernels(geo, dtype):  # decided again: the gradient may be traced apart
-                gx, goff, gk, gm = _backward_crop(geo, x_, off_, k_, m_, up)
+                gx, goff, gk, gm = _backward_crop(geo, x_, off_, k_, m_, up, kept)
             elif use_nested_xla():
-                gx, goff, gk, gm = _backward_xla(geo, x_, off_, k_, m_, up)
+                gx, goff, gk, gm = _backward_xla(geo, x_, off_, k_, m_, up, kept)
             else:
                 gx, goff, gk, gm = _backward(geo, x_, off_, k_, m_, up, dtype)
             grads = [gx, goff, gk]

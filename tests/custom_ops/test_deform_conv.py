@@ -557,3 +557,42 @@ def test_bad_input_errors(kwargs, error, match):
     args.update(kwargs)
     with pytest.raises(error, match=match):
         deform_conv2d(**args)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("budget,kept", [(1 << 30, True), (100, False)])
+def test_column_budget_keeps_columns_and_matches_numpy(dtype, budget, kept, monkeypatch):
+    """`column_budget_bytes`: columns that fit (here 2*6*7*9*4 values) are sampled once, in the
+    forward pass, and the backward pass reuses them; columns that do not fit are sampled again.
+    float64 samples by the nested XLA gathers, float32 by the crop kernels (its backward always
+    gathers with XLA when it samples again). Same results as the NumPy definition either way."""
+    from custom_ops import deform_conv as module
+
+    gathers = []
+    original = module._xla_columns
+    monkeypatch.setattr(module, "_xla_columns", lambda *a: gathers.append(1) or original(*a))
+    rng = np.random.default_rng(300)
+    x, offsets, kernel, bias, mask = (
+        a.astype(dtype) for a in _case(rng, stride=1, dil=1, offset_groups=2, groups=2,
+                                       modulated=True))
+    args = [tf.constant(a) for a in (x, offsets, kernel, bias, mask)]
+    upstream = rng.normal(size=(2, 6, 7, 4)).astype(dtype)
+    with tf.GradientTape() as tape:
+        tape.watch(args)
+        out = deform_conv2d(*args, padding=1, column_budget_bytes=budget)
+    forward_gathers = len(gathers)
+    grads = tape.gradient(out, args, output_gradients=tf.constant(upstream))
+    backward_gathers = len(gathers) - forward_gathers
+    assert forward_gathers == (1 if dtype == np.float64 else 0)
+    assert backward_gathers == (0 if kept else 1)
+    _assert_matches_numpy(out, grads, *(a.astype(np.float64) for a in (x, offsets, kernel, bias,
+                                                                        mask)),
+                          1, 1, upstream.astype(np.float64), f"budget {budget}",
+                          atol=1e-6 if dtype == np.float64 else 1e-4)
+
+
+@pytest.mark.parametrize("budget", [-1, 1.5, True, "1e6"])
+def test_bad_column_budget_errors(budget):
+    with pytest.raises(ValueError, match=r"`column_budget_bytes` must be a non-negative int. "
+                                         rf"Received: column_budget_bytes={budget!r}"):
+        deform_conv2d(_X, _OFF, _K, padding=1, column_budget_bytes=budget)

@@ -138,7 +138,7 @@ class TorchvisionTraining:
         >>> data = kcv.data.shapes_detection_dataset(2, image_size=32, batch_size=2)
         >>> model.compile(keras.optimizers.Adam(1e-3), run_eagerly=True)  # eager: a quick demo
         >>> history = model.fit(data.map(torchvision_labels), epochs=1, verbose=0).history
-        >>> sorted(history), model.cls_score.kernel.shape
+        >>> sorted(history), tuple(model.cls_score.kernel.shape)
         (['box_reg', 'classifier', 'loss', 'rpn_box', 'rpn_objectness'], (16, 4))
 
     Reference:

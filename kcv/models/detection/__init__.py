@@ -28,6 +28,7 @@ from kcv.models.detection.sampler import (
     first_true_indices,
     image_seeds,
 )
+from kcv.models.detection.torchvision_finetune import torchvision_labels
 from kcv.models.detection.torchvision_port import (
     TorchvisionFasterRCNN,
     faster_rcnn_from_torchvision,

@@ -50,6 +50,12 @@ from kcv.models.detection.anchors import AnchorGenerator
 from kcv.models.detection.fpn import FPN, _upsample_nearest
 from kcv.models.detection.rpn import RPNHead
 from kcv.models.detection.serving import DETECTION_OUTPUTS, serving_signature
+from kcv.models.detection.torchvision_finetune import (
+    BOX_PREDICTOR_KEYS,
+    TRAINING_DEFAULTS,
+    TorchvisionTraining,
+    box_predictor_initializers,
+)
 
 ARCHITECTURES = ("fasterrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn_v2")
 _NORM_EPSILON = {"fasterrcnn_resnet50_fpn": 0.0,  # torchvision overwrites it for COCO_V1
@@ -330,9 +336,9 @@ class NormalizedFPN(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="kcv")
-class TorchvisionFasterRCNN(keras.Model):
-    """torchvision's `fasterrcnn_resnet50_fpn` (v1) or `_v2` for inference (build it with
-    `faster_rcnn_from_torchvision`).
+class TorchvisionFasterRCNN(TorchvisionTraining, keras.Model):
+    """torchvision's `fasterrcnn_resnet50_fpn` (v1) or `_v2` (build it with
+    `faster_rcnn_from_torchvision`); `fit` fine-tunes it (`TorchvisionTraining`).
 
     Args:
         num_classes: torchvision's `num_classes` (with background: 91 for COCO).
@@ -351,6 +357,14 @@ class TorchvisionFasterRCNN(keras.Model):
             FPN (`NormalizedFPN`), two-conv RPN head, `FastRCNNConvFCHead`).
         input_shape: `(H, W, 3)` of the images the exported model takes (`serving_signature`);
             default `(None, None, 3)`: any size (the SavedModel); TFLite needs a fixed size.
+        rpn_pre_nms_top_n_train, rpn_post_nms_top_n_train, rpn_fg_iou_thresh,
+            rpn_bg_iou_thresh, rpn_batch_size_per_image, rpn_positive_fraction,
+            box_fg_iou_thresh, box_bg_iou_thresh, box_batch_size_per_image,
+            box_positive_fraction: torchvision's training arguments with its defaults (2000,
+            2000, 0.7, 0.3, 256, 0.5, 0.5, 0.5, 512, 0.25), used by `fit`.
+        trainable_backbone_layers: ResNet stages that train, torchvision's builder argument
+            (3: `layer2`..`layer4`; 0..5, `kcv.models.detection.torchvision_finetune`).
+        seed: seed of the training samplers and of the box predictor's initialisation.
         **kwargs: base `Model` arguments (`dtype="float64"` builds every layer in float64).
 
     Call arguments:
@@ -373,7 +387,12 @@ class TorchvisionFasterRCNN(keras.Model):
                  image_mean=(0.485, 0.456, 0.406), image_std=(0.229, 0.224, 0.225),
                  rpn_pre_nms_top_n_test=1000, rpn_post_nms_top_n_test=1000, rpn_nms_thresh=0.7,
                  rpn_score_thresh=0.0, box_score_thresh=0.05, box_nms_thresh=0.5,
-                 box_detections_per_img=100, input_shape=(None, None, 3), **kwargs):
+                 box_detections_per_img=100, input_shape=(None, None, 3),
+                 rpn_pre_nms_top_n_train=2000,
+                 rpn_post_nms_top_n_train=2000, rpn_fg_iou_thresh=0.7, rpn_bg_iou_thresh=0.3,
+                 rpn_batch_size_per_image=256, rpn_positive_fraction=0.5,
+                 box_fg_iou_thresh=0.5, box_bg_iou_thresh=0.5, box_batch_size_per_image=512,
+                 box_positive_fraction=0.25, trainable_backbone_layers=3, seed=0, **kwargs):
         super().__init__(**kwargs)
         if architecture not in ARCHITECTURES:
             raise ValueError(f"`architecture` must be one of {ARCHITECTURES}. "
@@ -437,14 +456,26 @@ class TorchvisionFasterRCNN(keras.Model):
                                       name="fc6")
         self.fc7 = None if self.v2 else keras.layers.Dense(
             representation_size, activation="relu", dtype=dtype, name="fc7")
-        self.cls_score = keras.layers.Dense(num_classes, dtype=dtype, name="cls_score")
-        self.bbox_pred = keras.layers.Dense(num_classes * 4, dtype=dtype, name="bbox_pred")
+        # FastRCNNPredictor: nn.Linear's initialisation (a replaced predictor starts from it)
+        init = box_predictor_initializers(representation_size, seed)
+        self.cls_score = keras.layers.Dense(num_classes, kernel_initializer=init[0],
+                                            bias_initializer=init[1], dtype=dtype,
+                                            name="cls_score")
+        init = box_predictor_initializers(representation_size, seed + 2)
+        self.bbox_pred = keras.layers.Dense(num_classes * 4, kernel_initializer=init[0],
+                                            bias_initializer=init[1], dtype=dtype,
+                                            name="bbox_pred")
         for layer, width in ((self.fc6, flat), (self.fc7, representation_size),
                              (self.cls_score, representation_size),
                              (self.bbox_pred, representation_size)):
             if layer is not None:
                 layer.build((None, width))
         self.built = True  # every weight exists now (any input size)
+        self._init_training(
+            rpn_pre_nms_top_n_train, rpn_post_nms_top_n_train, rpn_fg_iou_thresh,
+            rpn_bg_iou_thresh, rpn_batch_size_per_image, rpn_positive_fraction,
+            box_fg_iou_thresh, box_bg_iou_thresh, box_batch_size_per_image,
+            box_positive_fraction, trainable_backbone_layers, seed)
 
     # === Stages (public for tests and for inspecting a port) ===
 
@@ -468,12 +499,16 @@ class TorchvisionFasterRCNN(keras.Model):
         """Backbone + FPN: `[P2, P3, P4, P5, P6]` NHWC (torchvision's '0'..'3', 'pool')."""
         return self.fpn(self.body(x))
 
-    def proposals(self, x, features, image_hw):
+    def proposals(self, x, features, image_hw, pre_nms_top_n=None, post_nms_top_n=None):
         """RPN: `(objectness, deltas, anchors, proposals [B, P, 4] xyxy, count [B])`.
 
         `objectness`/`deltas` are per-level lists `[B, H_l W_l A]`, `[B, H_l W_l A, 4]`
         (torchvision's `(dx, dy, dw, dh)`), anchors per-level `[H_l W_l A, 4]` xyxy.
+        `pre_nms_top_n`/`post_nms_top_n` (`P`): None for `rpn_*_nms_top_n_test`.
         """
+        pre_nms_top_n = self.rpn_pre_nms_top_n_test if pre_nms_top_n is None else pre_nms_top_n
+        post_nms_top_n = (self.rpn_post_nms_top_n_test if post_nms_top_n is None
+                          else post_nms_top_n)
         dtype = x.dtype
         objectness, deltas = self.rpn_head(features)
         anchors = self.anchor_generator([x, *features])  # yxyx, float32 integers: exact
@@ -482,7 +517,7 @@ class TorchvisionFasterRCNN(keras.Model):
         anchors = tf.split(anchors, counts, axis=0)
         boxes, logits, levels = [], [], []
         for level, (o, d, a) in enumerate(zip(objectness, deltas, anchors)):
-            k = tf.minimum(self.rpn_pre_nms_top_n_test, tf.shape(o)[1])
+            k = tf.minimum(pre_nms_top_n, tf.shape(o)[1])
             top, index = tf.math.top_k(o, k=k)
             boxes.append(decode_boxes(tf.gather(d, index, batch_dims=1), tf.gather(a, index),
                                       _RPN_WEIGHTS))
@@ -493,8 +528,8 @@ class TorchvisionFasterRCNN(keras.Model):
         levels = tf.concat(levels, 1)
         valid = _not_small(boxes, _RPN_MIN_SIZE) & (scores >= self.rpn_score_thresh)
         keep, count = greedy_nms(boxes, scores, valid, levels, self.rpn_nms_thresh,
-                                 self.rpn_post_nms_top_n_test)
-        mask = (tf.range(self.rpn_post_nms_top_n_test)[None] < count[:, None])[..., None]
+                                 post_nms_top_n)
+        mask = (tf.range(post_nms_top_n)[None] < count[:, None])[..., None]
         proposals = tf.where(mask, tf.gather(boxes, keep, batch_dims=1), 0.0)
         return objectness, deltas, anchors, proposals, count
 
@@ -629,10 +664,16 @@ class TorchvisionFasterRCNN(keras.Model):
             return np.reshape(np.transpose(w, (3, 2, 0, 1)), (value.shape[-1], -1))
         return value
 
-    def load_torchvision_state_dict(self, state_dict):
-        """Assigns a torchvision state dict (either key layout); unused/missing keys raise."""
-        state_dict = normalize_state_dict_keys(state_dict)
-        mapping = self.weight_map()
+    def load_torchvision_state_dict(self, state_dict, skip_keys=()):
+        """Assigns a torchvision state dict (either key layout); unused/missing keys raise.
+
+        `skip_keys`: torchvision keys left out on both sides (e.g. `BOX_PREDICTOR_KEYS` for a
+        new predictor, which keeps its initialisation).
+        """
+        skip = set(skip_keys)
+        state_dict = {k: v for k, v in normalize_state_dict_keys(state_dict).items()
+                      if k not in skip}
+        mapping = {k: v for k, v in self.weight_map().items() if k not in skip}
         missing = sorted(set(mapping) - set(state_dict))
         unused = sorted(set(state_dict) - set(mapping))
         if missing or unused:
@@ -671,6 +712,7 @@ class TorchvisionFasterRCNN(keras.Model):
             "box_score_thresh": self.box_score_thresh, "box_nms_thresh": self.box_nms_thresh,
             "box_detections_per_img": self.box_detections_per_img,
             "input_shape": self.image_shape_arg,
+            **self._training_config(),
         }
 
 
@@ -769,7 +811,13 @@ def faster_rcnn_from_torchvision(state_dict, architecture="fasterrcnn_resnet50_f
             `rpn_nms_thresh=0.7`, `rpn_score_thresh=0.0`, `box_score_thresh=0.05`,
             `box_nms_thresh=0.5`, `box_detections_per_img=100`; `norm_epsilon` (v1: 0.0,
             the value torchvision sets for the COCO_V1 weights; v2: 1e-5); and `input_shape`
-            (`(H, W, 3)` for export, default `(None, None, 3)`: any size).
+            (`(H, W, 3)` for export, default `(None, None, 3)`: any size). A `num_classes`
+            (with the background) other than the checkpoint's replaces the box predictor, as
+            torchvision's fine-tuning tutorial does: every weight but
+            `roi_heads.box_predictor.*` is loaded, the predictor starts from `nn.Linear`'s
+            initialisation. The training arguments of `TorchvisionFasterRCNN`
+            (`trainable_backbone_layers=3`, `rpn_batch_size_per_image=256`, ...) are accepted
+            too.
 
     Returns:
         A built `TorchvisionFasterRCNN`.
@@ -798,15 +846,18 @@ def faster_rcnn_from_torchvision(state_dict, architecture="fasterrcnn_resnet50_f
                         f"arrays. Received: {type(state_dict).__name__}")
     state_dict = normalize_state_dict_keys(state_dict)
     config = config_from_state_dict(state_dict, architecture)
-    allowed = set(_DEFAULTS) | {"num_classes", "norm_epsilon", "input_shape"}
+    allowed = (set(_DEFAULTS) | set(TRAINING_DEFAULTS)
+               | {"num_classes", "norm_epsilon", "input_shape"})
     unknown = sorted(set(overrides) - allowed)
     if unknown:
         raise ValueError(f"Unknown overrides {unknown}; accepted: {sorted(allowed)}")
-    if "num_classes" in overrides and overrides["num_classes"] != config["num_classes"]:
-        raise ValueError(
-            f"`num_classes={overrides['num_classes']}` differs from the checkpoint's "
-            f"{config['num_classes']} classes; load it as is and replace the predictor.")
-    config.update({k: v for k, v in overrides.items() if k != "num_classes"})
+    num_classes = overrides.get("num_classes", config["num_classes"])
+    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) \
+            or num_classes < 2:
+        raise ValueError("`num_classes` counts the background too and must be an int >= 2. "
+                         f"Received: num_classes={num_classes!r}")
+    replace = num_classes != config["num_classes"]
+    config.update(overrides)
     model = TorchvisionFasterRCNN(architecture=architecture, dtype=dtype, **config)
-    model.load_torchvision_state_dict(state_dict)
+    model.load_torchvision_state_dict(state_dict, BOX_PREDICTOR_KEYS if replace else ())
     return model

@@ -15,10 +15,11 @@ vs prediction), history.png, saved_model/, detector.tflite (float32 input [1, H,
 TF 2.21's calibrator crashes on the detector's NMS loops (docs/detection.md), so
 `export.to_tflite` refuses it for detectors.
 
-Measured with the defaults (one run, seed 0, docs/detection.md): held-out AP50 0.919, AP 0.724
-(the target is AP50 >= 0.80); 3,600 training steps took 1,362 CPU-seconds and the whole run
-1,451 CPU-seconds, within the 1,800 CPU-seconds of 15 minutes on 2 cores (wall time 1,556 s
-on a shared, loaded 2-core machine, where it got 0.93 of a core on average). The run exits 1 when a check fails (with the default settings also when
+Measured with the defaults (seed 0, docs/detection.md): held-out AP50 0.924, AP 0.729 (the
+target is AP50 >= 0.80); 3,600 training steps took 1,322 CPU-seconds and the whole run 1,413
+CPU-seconds, within the 1,800 CPU-seconds of 15 minutes on 2 cores (wall time 1,329 s on a
+shared, loaded 2-core machine). An earlier run of the same settings: AP50 0.919, AP 0.724,
+1,451 CPU-seconds (threaded reductions make runs differ slightly). The run exits 1 when a check fails (with the default settings also when
 AP50 misses 0.80; `--quick` has no AP target).
 """
 

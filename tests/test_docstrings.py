@@ -41,18 +41,14 @@ def _examples(name):
 
 
 _WITH_EXAMPLES = [name for name in _module_names() if _examples(name)]
-# The longest examples (an export to SavedModel and TFLite, a CycleGAN fit): marked `slow` so
-# that they start first (tests/conftest.py), not at the end of the run.
-_SLOW = {"export", "kcv.models.generative.cyclegan"}
 
 
 def test_the_packages_have_examples():
     # The walk itself must find the modules the docs show examples for.
-    assert {"custom_ops.nms", "custom_ops.roi_align", "export"} | _SLOW <= set(_WITH_EXAMPLES)
+    assert {"custom_ops.nms", "custom_ops.roi_align", "export"} <= set(_WITH_EXAMPLES)
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in _SLOW else n
-                                  for n in _WITH_EXAMPLES])
+@pytest.mark.parametrize("name", _WITH_EXAMPLES)
 def test_docstring_examples_run(name, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     runner = doctest.DocTestRunner(optionflags=_FLAGS)

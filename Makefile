@@ -6,6 +6,10 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # Test processes (pytest-xdist); 2 suits the 2-core CI machine. TEST_WORKERS=0 runs in one process.
 TEST_WORKERS ?= 2
+# One test at a time to whichever worker is free (xdist's `load` otherwise hands out blocks of
+# ~200 consecutive tests), with the tests marked `slow` collected first (tests/conftest.py):
+# the long tests start early and the short ones even out the end.
+TEST_DIST := --dist load --maxschedchunk 1
 
 .PHONY: demo demo-detection test test-fast bench lint install clean
 
@@ -26,11 +30,11 @@ demo-detection: $(STAMP)
 
 # pytest exits 5 when it collected nothing: that is a failure, not a pass.
 test: $(STAMP)
-	@$(PY) -m pytest tests -q -p no:cacheprovider -n $(TEST_WORKERS) --durations=15; rc=$$?; \
+	@$(PY) -m pytest tests -q -p no:cacheprovider -n $(TEST_WORKERS) $(TEST_DIST) --durations=15; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: no tests were collected" >&2; exit 1; fi; exit $$rc
 
 test-fast: $(STAMP)
-	$(PY) -m pytest tests -q -n $(TEST_WORKERS) -m "not slow"
+	$(PY) -m pytest tests -q -n $(TEST_WORKERS) $(TEST_DIST) -m "not slow"
 
 bench: $(STAMP)
 	@for f in benchmarks/*.py; do echo "== $$f"; $(PY) $$f || exit 1; done

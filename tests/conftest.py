@@ -1,4 +1,5 @@
-"""Shared pytest set-up: quiet TensorFlow, a fixed seed, float32 policy restored after each test."""
+"""Shared pytest set-up: quiet TensorFlow, a fixed seed, float32 policy restored after each test,
+and the tests marked `slow` run first."""
 
 import os
 import sys
@@ -16,3 +17,15 @@ def _seed_and_policy():
     keras.utils.set_random_seed(1234)
     yield
     keras.mixed_precision.set_global_policy("float32")
+
+
+def pytest_collection_modifyitems(items):
+    """Runs the tests marked `slow` first (otherwise in collection order).
+
+    `make test` has pytest-xdist send one test at a time to whichever worker is free
+    (`--dist load --maxschedchunk 1`), so long tests started first are evened out by the
+    short ones that follow; a long test collected last (e.g. in tests/kcv/training/) would
+    leave the other worker idle while it runs. Every worker collects the same order, as xdist
+    requires.
+    """
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable

@@ -271,7 +271,7 @@ class CycleGAN(_common.AdversarialModel):
         >>> def d():
         ...     return PatchGANDiscriminator((32, 32, 1), filters=4)
         >>> cyclegan = CycleGAN(g(), g(), d(), d())
-        >>> cyclegan.compile()
+        >>> cyclegan.compile(run_eagerly=True)  # one step: not worth tracing; omit to train
         >>> a = keras.random.uniform((2, 32, 32, 1), -1, 1)
         >>> history = cyclegan.fit(a, -a, epochs=1, verbose=0)
         >>> sorted(history.history)

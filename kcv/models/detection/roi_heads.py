@@ -368,13 +368,35 @@ def postprocess_detections(class_logits, box_deltas, rois, num_rois, image_shape
     """
     with tf.name_scope("postprocess_detections"):
         scores = tf.nn.softmax(tf.cast(class_logits, tf.float32), axis=-1)[:, :, 1:]
-        rois = tf.cast(rois, tf.float32)
-        boxes = box_ops.decode_boxes(tf.cast(box_deltas, tf.float32)[:, :, 1:], rois[:, :, None],
-                                     weights=BOX_WEIGHTS)  # [B, R, C, 4]
         if classes_per_roi == "auto":
             classes_per_roi = softmax_classes_bound(score_threshold, scores.shape[-1])
-        return select_detections(scores, boxes, num_rois, image_shape, score_threshold,
-                                 nms_threshold, detections_per_image, min_size, classes_per_roi)
+        _check_detection_args(detections_per_image, classes_per_roi)
+        deltas = tf.cast(box_deltas, tf.float32)[:, :, 1:]
+        scores, classes = _best_classes(scores, classes_per_roi)
+        if classes is not None:  # decode only the candidates' boxes
+            deltas = tf.gather(deltas, classes, batch_dims=2)
+        boxes = box_ops.decode_boxes(deltas, tf.cast(rois, tf.float32)[:, :, None],
+                                     weights=BOX_WEIGHTS)  # [B, R, C or m, 4]
+        return _detections(scores, boxes, classes, num_rois, image_shape, score_threshold,
+                           nms_threshold, detections_per_image, min_size)
+
+
+def _check_detection_args(detections_per_image, classes_per_roi):
+    check_positive_int("detections_per_image", detections_per_image)
+    if classes_per_roi is not None:
+        check_positive_int("classes_per_roi", classes_per_roi)
+
+
+def _best_classes(scores, classes_per_roi):
+    """`(scores, classes)` of the `classes_per_roi` best classes per RoI, or `(scores, None)`.
+
+    Among equal scores the lower class comes first (top_k is stable), so NMS breaks score ties
+    by (RoI, class) exactly as over all pairs.
+    """
+    if classes_per_roi is None or classes_per_roi >= scores.shape[-1]:
+        return scores, None
+    scores = tf.where(tf.math.is_nan(scores), float("-inf"), scores)
+    return tf.math.top_k(scores, k=classes_per_roi)
 
 
 def select_detections(scores, boxes, num_rois, image_shape, score_threshold=0.05,
@@ -410,26 +432,27 @@ def select_detections(scores, boxes, num_rois, image_shape, score_threshold=0.05
         >>> out["classes"][0, :2].numpy(), out["boxes"][0, 1].numpy()
         (array([0, 1], dtype=int32), array([ 2.,  2.,  8., 16.], dtype=float32))
     """
-    check_positive_int("detections_per_image", detections_per_image)
-    if classes_per_roi is not None:
-        check_positive_int("classes_per_roi", classes_per_roi)
+    _check_detection_args(detections_per_image, classes_per_roi)
     with tf.name_scope("select_detections"):
-        scores = tf.cast(scores, tf.float32)
-        boxes = tf.broadcast_to(tf.cast(boxes, tf.float32),
-                                tf.concat([tf.shape(scores), [4]], axis=0))
+        scores, classes = _best_classes(tf.cast(scores, tf.float32), classes_per_roi)
+        boxes = tf.cast(boxes, tf.float32)
+        if classes is not None and boxes.shape[2] != 1:  # one box per RoI: nothing to pick
+            boxes = tf.gather(boxes, classes, batch_dims=2)
+        return _detections(scores, boxes, classes, num_rois, image_shape, score_threshold,
+                           nms_threshold, detections_per_image, min_size)
+
+
+def _detections(scores, boxes, classes, num_rois, image_shape, score_threshold, nms_threshold,
+                detections_per_image, min_size):
+    """`select_detections` on candidates `[B, R, m]` of classes `classes` (None: all, in order)."""
+    with tf.name_scope("detections"):
+        boxes = tf.broadcast_to(boxes, tf.concat([tf.shape(scores), [4]], axis=0))
         shape = tf.cast(tf.convert_to_tensor(image_shape), tf.float32)
         if shape.shape.rank == 2:
             shape = shape[:, None, None, :]
         num_classes = scores.shape[-1]
         batch, num = tf.shape(scores)[0], tf.shape(scores)[1]
-        if classes_per_roi is not None and classes_per_roi < num_classes:
-            # The best classes of each RoI, in class order among equal scores (top_k is
-            # stable), so NMS breaks score ties by (RoI, class) exactly as over all pairs.
-            scores = tf.where(tf.math.is_nan(scores), float("-inf"), scores)
-            scores, classes = tf.math.top_k(scores, k=classes_per_roi)
-            boxes = tf.gather(boxes, classes, batch_dims=2)
-            num_classes = classes_per_roi
-        else:
+        if classes is None:
             classes = tf.broadcast_to(tf.range(num_classes), tf.shape(scores))
         boxes = box_ops.clip_boxes(boxes, shape)
         boxes = tf.reshape(boxes, [batch, -1, 4])

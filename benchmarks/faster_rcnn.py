@@ -25,7 +25,8 @@ and 2 on the same images and boxes:
 torchvision is not a kcv dependency: it runs as a subprocess (this file with `--torch-worker`)
 in the Python of a side environment given by `--torch-python` or `$KCV_TORCH_PYTHON` (default
 `/work/torchenv/bin/python`), with `torch.set_num_threads(2)`; TensorFlow keeps its default
-threads (all cores). `--threads N` pins both to N threads (torch's intra-op threads, TF's intra-
+threads (all cores). Besides wall time, each call's process CPU time is measured (the
+"CPU-time ratio"; with `--threads 1` it barely moves with the machine's load). `--threads N` pins both to N threads (torch's intra-op threads, TF's intra-
 and inter-op pools): `--threads 1` gives ratios that hold up on a loaded machine, where
 PyTorch's OpenMP threads suffer more from oversubscription than TensorFlow's pool. The worker answers one command at a time while this process waits, so the
 two never run at once; repetitions alternate which goes first and medians are reported, with the
@@ -138,9 +139,10 @@ def _torch_worker(threads):
                       "threads": torch.get_num_threads()}), flush=True)
     for line in sys.stdin:
         request = json.loads(line)
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         reply = commands[request["cmd"]](request["batch"])
         reply["seconds"] = time.perf_counter() - start
+        reply["cpu"] = time.process_time() - cpu
         print(json.dumps(reply), flush=True)
 
 
@@ -202,16 +204,18 @@ def _kcv_runners(model):
                        {"boxes": tf.constant(boxes), "classes": tf.constant(classes)})
 
     def infer(batch):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         out = infer_fn(data[batch][0])
         detections = out["num_detections"].numpy().tolist()
-        return {"seconds": time.perf_counter() - start, "detections": detections}
+        return {"seconds": time.perf_counter() - start, "cpu": time.process_time() - cpu,
+                "detections": detections}
 
     def train(batch):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         logs = train_fn(*data[batch])
         loss = float(logs["loss"])
-        return {"seconds": time.perf_counter() - start, "loss": loss}
+        return {"seconds": time.perf_counter() - start, "cpu": time.process_time() - cpu,
+                "loss": loss}
 
     def proposals(batch):
         x = data[batch][0]
@@ -336,24 +340,28 @@ def main(argv):
             for _ in range(2):  # warm-up: tracing (kcv) and first-call allocations (both)
                 first = kcv[cmd](batch), torch_worker(cmd, batch)
             times = {"kcv": [], "torchvision": []}
+            cpus = {"kcv": [], "torchvision": []}
             for i in range(repeats):
                 order = (("kcv", kcv[cmd]), ("torchvision", lambda c, b: torch_worker(c, b)))
                 for name, fn in order if i % 2 == 0 else order[::-1]:
                     reply = fn(batch) if name == "kcv" else fn(cmd, batch)
                     times[name].append(reply["seconds"])
+                    cpus[name].append(reply["cpu"])
             a, b = statistics.median(times["kcv"]), statistics.median(times["torchvision"])
+            cpu_ratio = statistics.median(cpus["kcv"]) / statistics.median(cpus["torchvision"])
             note = ("detections kcv {} / torchvision {}".format(first[0]["detections"],
                                                                  first[1]["detections"])
                     if cmd == "infer" else
                     "loss kcv {:.3f} / torchvision {:.3f}".format(first[0]["loss"],
                                                                   first[1]["loss"]))
             rows.append((f"{'inference' if cmd == 'infer' else 'training step'}, batch {batch}",
-                         a, b, note))
+                         a, b, note, cpu_ratio))
             print(f"  {rows[-1][0]}: kcv {a * 1e3:.0f} ms, torchvision {b * 1e3:.0f} ms, "
-                  f"ratio {a / b:.2f} ({note})", flush=True)
-    print(f"\n{'setting':24s} {'kcv ms':>9s} {'torchvision ms':>15s} {'kcv / tv':>9s}")
-    for label, a, b, _ in rows:
-        print(f"{label:24s} {a * 1e3:9.0f} {b * 1e3:15.0f} {a / b:9.2f}")
+                  f"ratio {a / b:.2f}, CPU-time ratio {cpu_ratio:.2f} ({note})", flush=True)
+    print(f"\n{'setting':24s} {'kcv ms':>9s} {'torchvision ms':>15s} {'kcv / tv':>9s} "
+          f"{'CPU time kcv / tv':>18s}")
+    for label, a, b, _, cpu_ratio in rows:
+        print(f"{label:24s} {a * 1e3:9.0f} {b * 1e3:15.0f} {a / b:9.2f} {cpu_ratio:18.2f}")
     if "--profile" in argv:
         print("\nPieces (median ms; kcv inference pieces as torchvision's):")
         ours = _kcv_pieces(model, data, repeats)

@@ -35,7 +35,7 @@ ratio kcv / torchvision (below 1 means kcv is faster). `--profile` also times kc
 `--tflite` converts the detector with `export.convert_to_tflite` (builtins only) and times it
 in LiteRT at batch 1, or prints why the conversion failed.
 
-Run (from the repository root; about 3 minutes on an idle 2-core machine with the defaults):
+Run (from the repository root; about 5 minutes on an idle 2-core machine with the defaults, 20 on a loaded one):
      PYTHONPATH=. .venv/bin/python benchmarks/faster_rcnn.py [--repeats 5] [--threads N]
      [--profile] [--tflite] [--torch-python /path/to/python]
      [--no-compare (only the --profile/--tflite parts)]

@@ -10,7 +10,12 @@ BatchNorm, and kcv's backbone is fully trainable too). torchvision's RoI-head li
 initialised as Keras' `Dense` defaults (Glorot uniform, zero bias), which kcv's head uses, so that
 both untrained heads give scores alike and post-processing does alike work (with PyTorch's
 default init torchvision's head passes 100 detections per image through the 0.05 threshold,
-kcv's none). Timed at batch 1 and 2 on the same images and boxes:
+kcv's none). Likewise torchvision's backbone convolutions are initialised as Keras' `Conv2D`
+default (Glorot uniform, zero bias), which kcv's backbone uses: with PyTorch's Kaiming init the
+untrained features grow to std ~50 at C5, the RPN's deltas blow the proposals up to the whole
+image and NMS keeps ~250 of them, against kcv's 1000, so torchvision's RoI head did a quarter of
+kcv's work; aligned, both keep about as many (printed with the detections). Timed at batch 1
+and 2 on the same images and boxes:
 
 * inference: kcv `tf.function(model(x, training=False))` (Keras 3 does not XLA-compile on CPU)
   vs torchvision `model.eval()` under `torch.inference_mode()`;
@@ -20,15 +25,21 @@ kcv's none). Timed at batch 1 and 2 on the same images and boxes:
 torchvision is not a kcv dependency: it runs as a subprocess (this file with `--torch-worker`)
 in the Python of a side environment given by `--torch-python` or `$KCV_TORCH_PYTHON` (default
 `/work/torchenv/bin/python`), with `torch.set_num_threads(2)`; TensorFlow keeps its default
-threads (all cores). The worker answers one command at a time while this process waits, so the
+threads (all cores). Besides wall time, each call's process CPU time is measured (the
+"CPU-time ratio"; with `--threads 1` it barely moves with the machine's load). `--threads N` pins both to N threads (torch's intra-op threads, TF's intra-
+and inter-op pools): `--threads 1` gives ratios that hold up on a loaded machine, where
+PyTorch's OpenMP threads suffer more from oversubscription than TensorFlow's pool. The worker answers one command at a time while this process waits, so the
 two never run at once; repetitions alternate which goes first and medians are reported, with the
 ratio kcv / torchvision (below 1 means kcv is faster). `--profile` also times kcv's pieces
 (backbone + FPN, RPN with proposals, RoI head with post-processing, the losses, the gradient).
 `--tflite` converts the detector with `export.convert_to_tflite` (builtins only) and times it
 in LiteRT at batch 1, or prints why the conversion failed.
 
-Run: .venv/bin/python benchmarks/faster_rcnn.py [--repeats 5] [--profile] [--tflite]
-     [--torch-python /path/to/python] [--no-compare (only the --profile/--tflite parts)]
+Run (from the repository root; about 5 minutes on an idle 2-core machine with the defaults, 20 on a loaded one):
+     PYTHONPATH=. .venv/bin/python benchmarks/faster_rcnn.py [--repeats 5] [--threads N]
+     [--profile] [--tflite] [--torch-python /path/to/python]
+     [--no-compare (only the --profile/--tflite parts)]
+e.g. `... benchmarks/faster_rcnn.py` and `... benchmarks/faster_rcnn.py --threads 1`.
 """
 
 import json
@@ -61,19 +72,21 @@ def _data(batch):
 # === torchvision worker (runs in the side environment; imports no TensorFlow) ===
 
 
-def _torch_worker():
+def _torch_worker(threads):
     import torch
     import torchvision
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(threads)
     torch.manual_seed(0)
     model = torchvision.models.detection.fasterrcnn_resnet50_fpn(
         weights=None, weights_backbone=None, num_classes=NUM_CLASSES + 1, min_size=SIZE,
         max_size=SIZE)
-    for layer in model.roi_heads.modules():  # as Keras' Dense defaults, which kcv's head uses
-        if isinstance(layer, torch.nn.Linear):
+    layers = [*model.backbone.body.modules(), *model.roi_heads.modules()]
+    for layer in layers:  # as Keras' Conv2D/Dense defaults, which kcv's backbone and head use
+        if isinstance(layer, (torch.nn.Conv2d, torch.nn.Linear)):
             torch.nn.init.xavier_uniform_(layer.weight)
-            torch.nn.init.zeros_(layer.bias)
+            if layer.bias is not None:
+                torch.nn.init.zeros_(layer.bias)
     optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
     data = {}
     for batch in BATCHES:
@@ -88,6 +101,13 @@ def _torch_worker():
         with torch.inference_mode():
             out = model(data[batch][0])
         return {"detections": [len(o["boxes"]) for o in out]}
+
+    def proposals(batch):
+        model.eval()
+        with torch.inference_mode():
+            images, _ = model.transform(data[batch][0])
+            boxes, _ = model.rpn(images, model.backbone(images.tensors))
+        return {"proposals": [len(b) for b in boxes]}
 
     def train(batch):
         model.train()
@@ -114,28 +134,30 @@ def _torch_worker():
             times["roi_head+postprocess"] = time.perf_counter() - start
         return {"pieces": times}
 
-    commands = {"infer": infer, "train": train, "pieces": pieces}
+    commands = {"infer": infer, "train": train, "pieces": pieces, "proposals": proposals}
     print(json.dumps({"ready": torch.__version__ + " / torchvision " + torchvision.__version__,
                       "threads": torch.get_num_threads()}), flush=True)
     for line in sys.stdin:
         request = json.loads(line)
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         reply = commands[request["cmd"]](request["batch"])
         reply["seconds"] = time.perf_counter() - start
+        reply["cpu"] = time.process_time() - cpu
         print(json.dumps(reply), flush=True)
 
 
 class TorchWorker:
     """The torchvision side: this file with `--torch-worker` in the side environment's Python."""
 
-    def __init__(self, python):
+    def __init__(self, python, threads):
         if not os.path.exists(python):
             sys.exit(f"torchvision's Python not found: {python!r}. Give a Python with torch and "
                      "torchvision via --torch-python or $KCV_TORCH_PYTHON (it is not a kcv "
                      "dependency; e.g. `python -m venv /work/torchenv && /work/torchenv/bin/pip "
                      "install torch torchvision`).")
-        env = dict(os.environ, OMP_NUM_THREADS="2")
-        self.proc = subprocess.Popen([python, os.path.abspath(__file__), "--torch-worker"],
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+        self.proc = subprocess.Popen([python, os.path.abspath(__file__), "--torch-worker",
+                                      str(threads)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                      env=env)
         self.info = self._read()
@@ -182,25 +204,31 @@ def _kcv_runners(model):
                        {"boxes": tf.constant(boxes), "classes": tf.constant(classes)})
 
     def infer(batch):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         out = infer_fn(data[batch][0])
         detections = out["num_detections"].numpy().tolist()
-        return {"seconds": time.perf_counter() - start, "detections": detections}
+        return {"seconds": time.perf_counter() - start, "cpu": time.process_time() - cpu,
+                "detections": detections}
 
     def train(batch):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         logs = train_fn(*data[batch])
         loss = float(logs["loss"])
-        return {"seconds": time.perf_counter() - start, "loss": loss}
+        return {"seconds": time.perf_counter() - start, "cpu": time.process_time() - cpu,
+                "loss": loss}
 
-    return infer, train, data
+    def proposals(batch):
+        x = data[batch][0]
+        return {"proposals": model._rpn(x, model._features(x, False), False)[4].numpy().tolist()}
+
+    return infer, train, proposals, data
 
 
 def _kcv_pieces(model, data, repeats):
     """Medians of kcv's pieces: inference split as torchvision's, and the training step's parts."""
     import tensorflow as tf
 
-    from kcv.models.detection.roi_heads import postprocess_detections
+    from kcv.models.detection.roi_heads import postprocess_detections, trim_padded_rois
 
     @tf.function
     def features(x):
@@ -212,6 +240,7 @@ def _kcv_pieces(model, data, repeats):
 
     @tf.function
     def head(x, pyramid, proposals, num):
+        proposals = trim_padded_rois(proposals, num)  # as the model's call
         logits, deltas = model.box_head([*pyramid[:4], proposals], training=False)
         return postprocess_detections(logits, deltas, proposals, num, tf.shape(x)[1:3],
                                       model.box_score_threshold, model.box_nms_threshold,
@@ -278,46 +307,61 @@ def _tflite_latency(model, repeats):
 
 
 def main(argv):
+    if "--help" in argv or "-h" in argv:
+        print(__doc__)
+        return
     repeats = int(argv[argv.index("--repeats") + 1]) if "--repeats" in argv else 5
+    threads = int(argv[argv.index("--threads") + 1]) if "--threads" in argv else None
     python = (argv[argv.index("--torch-python") + 1] if "--torch-python" in argv
               else os.environ.get("KCV_TORCH_PYTHON", _DEFAULT_TORCH_PYTHON))
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    torch_worker = TorchWorker(python)  # fails early with a clear message when missing
+    torch_worker = TorchWorker(python, threads or 2)  # fails early and clearly when missing
     import tensorflow as tf
 
+    if threads:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
     model = _kcv_model()
-    kcv_infer, kcv_train, data = _kcv_runners(model)
+    kcv_infer, kcv_train, kcv_proposals, data = _kcv_runners(model)
     kcv = {"infer": kcv_infer, "train": kcv_train}
     print(f"Faster R-CNN ResNet50-FPN at {SIZE}x{SIZE}, {NUM_CLASSES + 1} classes, untrained; "
           f"median of {repeats} interleaved repeats")
     print(f"torchvision side: {torch_worker.info['ready']}, {torch_worker.info['threads']} "
           f"threads; TF {tf.__version__}, intra-op threads "
           f"{tf.config.threading.get_intra_op_parallelism_threads() or 'default (all cores)'}")
+    for batch in BATCHES:
+        print(f"  proposals per image, batch {batch}: kcv "
+              f"{kcv_proposals(batch)['proposals']} / torchvision "
+              f"{torch_worker('proposals', batch)['proposals']}")
     rows = []
     for cmd in () if "--no-compare" in argv else ("infer", "train"):  # inference first: the training steps change the weights
         for batch in BATCHES:
             for _ in range(2):  # warm-up: tracing (kcv) and first-call allocations (both)
                 first = kcv[cmd](batch), torch_worker(cmd, batch)
             times = {"kcv": [], "torchvision": []}
+            cpus = {"kcv": [], "torchvision": []}
             for i in range(repeats):
                 order = (("kcv", kcv[cmd]), ("torchvision", lambda c, b: torch_worker(c, b)))
                 for name, fn in order if i % 2 == 0 else order[::-1]:
                     reply = fn(batch) if name == "kcv" else fn(cmd, batch)
                     times[name].append(reply["seconds"])
+                    cpus[name].append(reply["cpu"])
             a, b = statistics.median(times["kcv"]), statistics.median(times["torchvision"])
+            cpu_ratio = statistics.median(cpus["kcv"]) / statistics.median(cpus["torchvision"])
             note = ("detections kcv {} / torchvision {}".format(first[0]["detections"],
                                                                  first[1]["detections"])
                     if cmd == "infer" else
                     "loss kcv {:.3f} / torchvision {:.3f}".format(first[0]["loss"],
                                                                   first[1]["loss"]))
             rows.append((f"{'inference' if cmd == 'infer' else 'training step'}, batch {batch}",
-                         a, b, note))
+                         a, b, note, cpu_ratio))
             print(f"  {rows[-1][0]}: kcv {a * 1e3:.0f} ms, torchvision {b * 1e3:.0f} ms, "
-                  f"ratio {a / b:.2f} ({note})", flush=True)
-    print(f"\n{'setting':24s} {'kcv ms':>9s} {'torchvision ms':>15s} {'kcv / tv':>9s}")
-    for label, a, b, _ in rows:
-        print(f"{label:24s} {a * 1e3:9.0f} {b * 1e3:15.0f} {a / b:9.2f}")
+                  f"ratio {a / b:.2f}, CPU-time ratio {cpu_ratio:.2f} ({note})", flush=True)
+    print(f"\n{'setting':24s} {'kcv ms':>9s} {'torchvision ms':>15s} {'kcv / tv':>9s} "
+          f"{'CPU time kcv / tv':>18s}")
+    for label, a, b, _, cpu_ratio in rows:
+        print(f"{label:24s} {a * 1e3:9.0f} {b * 1e3:15.0f} {a / b:9.2f} {cpu_ratio:18.2f}")
     if "--profile" in argv:
         print("\nPieces (median ms; kcv inference pieces as torchvision's):")
         ours = _kcv_pieces(model, data, repeats)
@@ -341,6 +385,6 @@ def main(argv):
 
 if __name__ == "__main__":
     if "--torch-worker" in sys.argv:
-        _torch_worker()
+        _torch_worker(int(sys.argv[sys.argv.index("--torch-worker") + 1]))
     else:
         main(sys.argv[1:])

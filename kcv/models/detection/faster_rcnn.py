@@ -29,6 +29,8 @@ from kcv.models.detection.roi_heads import (
     roi_loss,
     roi_targets,
     select_detections,
+    softmax_classes_bound,
+    trim_padded_rois,
 )
 from kcv.models.detection.rpn import RPNHead, generate_proposals, rpn_loss, rpn_targets
 from kcv.models.detection.sampler import BalancedPositiveNegativeSampler, image_seeds
@@ -247,12 +249,15 @@ class FasterRCNN(keras.Model):
         images = tf.cast(images, self.compute_dtype)
         pyramid = self._features(images, training)
         _, _, _, proposals, num = self._rpn(images, pyramid, training)
+        proposals = trim_padded_rois(proposals, num)
         if self.cascade_iou_thresholds is not None:
             hw = tf.shape(images)[1:3]
             scores, boxes = self.box_head([*pyramid[:4], proposals], image_shape=hw)
             return select_detections(scores[..., 1:], boxes[:, :, None], num, hw,
                                      self.box_score_threshold, self.box_nms_threshold,
-                                     self.detections_per_image)
+                                     self.detections_per_image, classes_per_roi=(
+                                         softmax_classes_bound(self.box_score_threshold,
+                                                               self.num_classes)))
         logits, deltas = self.box_head([*pyramid[:4], proposals], training=training)
         return postprocess_detections(logits, deltas, proposals, num, tf.shape(images)[1:3],
                                       self.box_score_threshold, self.box_nms_threshold,

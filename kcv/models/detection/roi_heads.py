@@ -7,10 +7,13 @@ detections come back in data classes.
 """
 
 
+import math
+
 import keras
 import tensorflow as tf
 
 from custom_ops import boxes as box_ops
+from custom_ops._context import use_nested_xla
 from custom_ops.nms import batched_nms
 from kcv.layers._checks import check_positive_int
 from kcv.layers.roi import MultiScaleRoIAlign, RoIPool
@@ -27,6 +30,35 @@ from kcv.models.detection.sampler import BalancedPositiveNegativeSampler, first_
 BOX_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
 POOLERS = ("roi_align", "roi_pool")
 BOX_LOSSES = ("smooth_l1", "giou")
+_SUM_SLACK = 1e-5  # float32 softmax probabilities of a row may sum to 1 + a few ulps
+
+
+def softmax_classes_bound(score_threshold, num_classes):
+    """How many classes of one RoI can pass `score > score_threshold` when its scores sum to 1.
+
+    `k` classes above the threshold sum to more than `k * score_threshold`, and softmax
+    probabilities (or their mean over Cascade R-CNN's stages) sum to at most 1, so
+    `k < 1 / score_threshold`: at most 19 of torchvision's 90 COCO classes at the default
+    0.05 (20 is returned: float32 sums may exceed 1 by a few ulps). Every (RoI, class) pair
+    that can survive the threshold is then among the `bound` best classes of its RoI, so NMS
+    over those alone gives the same detections.
+
+    Args:
+        score_threshold: the detection score threshold (a Python float; anything else, or a
+            value <= 0, bounds nothing).
+        num_classes: object classes `C`.
+
+    Returns:
+        int in `[1, num_classes]` (`num_classes` when nothing is bounded).
+
+    Example:
+        >>> softmax_classes_bound(0.05, 90), softmax_classes_bound(0.0, 90)
+        (20, 90)
+    """
+    if (isinstance(score_threshold, bool) or not isinstance(score_threshold, (int, float))
+            or not score_threshold > 0):
+        return num_classes
+    return max(1, min(num_classes, math.floor((1.0 + _SUM_SLACK) / score_threshold)))
 
 
 
@@ -147,6 +179,32 @@ class RoIBoxHead(keras.layers.Layer):
                 "output_size": self.output_size, "spatial_scales": self.spatial_scales,
                 "sampling_ratio": self.sampling_ratio, "aligned": self.aligned,
                 "pooler": self.pooler, "class_agnostic": self.class_agnostic}
+
+
+def trim_padded_rois(rois, num_rois):
+    """The RoI slots up to the batch's largest valid count, when shapes may vary.
+
+    Proposals come padded to a fixed count (`generate_proposals`' `post_nms_top_n`); the RoI
+    head treats each slot on its own and the detections ignore slots past `num_rois`, so
+    dropping the slots that are padding in every image of the batch changes no detection and
+    saves their RoIAlign and MLP work (an untrained RPN, or a small image, may keep far fewer
+    than 1000). Under XLA (`jit_compile=True`) and while writing a SavedModel/TFLite model
+    (which want static shapes) the RoIs are returned unchanged. At least one slot is kept.
+
+    Args:
+        rois: `[B, R, 4]`; num_rois: int `[B]`, valid RoIs per image (the first ones).
+
+    Returns:
+        `rois[:, :max(1, max(num_rois))]`, or `rois` itself under XLA or export.
+
+    Example:
+        >>> trim_padded_rois(tf.zeros([2, 5, 4]), tf.constant([3, 1])).shape
+        TensorShape([2, 3, 4])
+    """
+    if not use_nested_xla():
+        return rois
+    with tf.name_scope("trim_padded_rois"):
+        return rois[:, :tf.maximum(tf.reduce_max(tf.cast(num_rois, tf.int32)), 1)]
 
 
 def roi_targets(proposals, num_proposals, gt_boxes, gt_classes, seed, matcher=None,
@@ -276,7 +334,7 @@ def roi_loss(class_logits, box_deltas, labels, targets, beta=1.0 / 9, box_loss="
 
 def postprocess_detections(class_logits, box_deltas, rois, num_rois, image_shape,
                            score_threshold=0.05, nms_threshold=0.5, detections_per_image=100,
-                           min_size=1e-2):
+                           min_size=1e-2, classes_per_roi="auto"):
     """Detections from the RoI head, torchvision's `RoIHeads.postprocess_detections`, padded.
 
     Softmax over the classes, each RoI decoded once per class (weights (10, 10, 5, 5)),
@@ -291,6 +349,10 @@ def postprocess_detections(class_logits, box_deltas, rois, num_rois, image_shape
         image_shape: `(height, width)` or int `[B, 2]`.
         score_threshold, nms_threshold, detections_per_image, min_size: torchvision's
             defaults 0.05, 0.5, 100, 1e-2.
+        classes_per_roi: `"auto"` (default): only the `softmax_classes_bound(score_threshold,
+            C)` best classes of each RoI (20 of 90 at 0.05) enter the NMS, which gives exactly
+            torchvision's detections (softmax scores sum to 1, so no more classes can pass the
+            threshold) for 4.5x fewer candidates; or as `select_detections`.
 
     Returns:
         dict `{"boxes" [B, D, 4], "scores" [B, D], "classes" [B, D] int32 (data classes,
@@ -306,15 +368,40 @@ def postprocess_detections(class_logits, box_deltas, rois, num_rois, image_shape
     """
     with tf.name_scope("postprocess_detections"):
         scores = tf.nn.softmax(tf.cast(class_logits, tf.float32), axis=-1)[:, :, 1:]
-        rois = tf.cast(rois, tf.float32)
-        boxes = box_ops.decode_boxes(tf.cast(box_deltas, tf.float32)[:, :, 1:], rois[:, :, None],
-                                     weights=BOX_WEIGHTS)  # [B, R, C, 4]
-        return select_detections(scores, boxes, num_rois, image_shape, score_threshold,
-                                 nms_threshold, detections_per_image, min_size)
+        if classes_per_roi == "auto":
+            classes_per_roi = softmax_classes_bound(score_threshold, scores.shape[-1])
+        _check_detection_args(detections_per_image, classes_per_roi)
+        deltas = tf.cast(box_deltas, tf.float32)[:, :, 1:]
+        scores, classes = _best_classes(scores, classes_per_roi)
+        if classes is not None:  # decode only the candidates' boxes
+            deltas = tf.gather(deltas, classes, batch_dims=2)
+        boxes = box_ops.decode_boxes(deltas, tf.cast(rois, tf.float32)[:, :, None],
+                                     weights=BOX_WEIGHTS)  # [B, R, C or m, 4]
+        return _detections(scores, boxes, classes, num_rois, image_shape, score_threshold,
+                           nms_threshold, detections_per_image, min_size)
+
+
+def _check_detection_args(detections_per_image, classes_per_roi):
+    check_positive_int("detections_per_image", detections_per_image)
+    if classes_per_roi is not None:
+        check_positive_int("classes_per_roi", classes_per_roi)
+
+
+def _best_classes(scores, classes_per_roi):
+    """`(scores, classes)` of the `classes_per_roi` best classes per RoI, or `(scores, None)`.
+
+    Among equal scores the lower class comes first (top_k is stable), so NMS breaks score ties
+    by (RoI, class) exactly as over all pairs.
+    """
+    if classes_per_roi is None or classes_per_roi >= scores.shape[-1]:
+        return scores, None
+    scores = tf.where(tf.math.is_nan(scores), float("-inf"), scores)
+    return tf.math.top_k(scores, k=classes_per_roi)
 
 
 def select_detections(scores, boxes, num_rois, image_shape, score_threshold=0.05,
-                      nms_threshold=0.5, detections_per_image=100, min_size=1e-2):
+                      nms_threshold=0.5, detections_per_image=100, min_size=1e-2,
+                      classes_per_roi=None):
     """The detection rule of `postprocess_detections` on decoded boxes and class probabilities.
 
     Boxes are clipped to the image; (box, class) pairs with score `<= score_threshold` or a
@@ -328,6 +415,12 @@ def select_detections(scores, boxes, num_rois, image_shape, score_threshold=0.05
         num_rois: int `[B]`, valid RoIs (the first ones).
         image_shape, score_threshold, nms_threshold, detections_per_image, min_size: as
             `postprocess_detections`.
+        classes_per_roi: None (default: every class of every RoI is a candidate) or an int
+            `m`: only the `m` highest-scoring classes of each RoI (ties: the lower class) are
+            candidates. The detections are the same whenever no RoI has more than `m` classes
+            with `score > score_threshold`, e.g. for scores that sum to at most 1 per RoI with
+            `m = softmax_classes_bound(score_threshold, C)` (as `postprocess_detections` and
+            Cascade R-CNN's averaged softmax use it); an RoI with more loses its lower ones.
 
     Returns:
         The padded detections dict of `postprocess_detections`.
@@ -339,20 +432,31 @@ def select_detections(scores, boxes, num_rois, image_shape, score_threshold=0.05
         >>> out["classes"][0, :2].numpy(), out["boxes"][0, 1].numpy()
         (array([0, 1], dtype=int32), array([ 2.,  2.,  8., 16.], dtype=float32))
     """
-    check_positive_int("detections_per_image", detections_per_image)
+    _check_detection_args(detections_per_image, classes_per_roi)
     with tf.name_scope("select_detections"):
-        scores = tf.cast(scores, tf.float32)
-        boxes = tf.broadcast_to(tf.cast(boxes, tf.float32),
-                                tf.concat([tf.shape(scores), [4]], axis=0))
+        scores, classes = _best_classes(tf.cast(scores, tf.float32), classes_per_roi)
+        boxes = tf.cast(boxes, tf.float32)
+        if classes is not None and boxes.shape[2] != 1:  # one box per RoI: nothing to pick
+            boxes = tf.gather(boxes, classes, batch_dims=2)
+        return _detections(scores, boxes, classes, num_rois, image_shape, score_threshold,
+                           nms_threshold, detections_per_image, min_size)
+
+
+def _detections(scores, boxes, classes, num_rois, image_shape, score_threshold, nms_threshold,
+                detections_per_image, min_size):
+    """`select_detections` on candidates `[B, R, m]` of classes `classes` (None: all, in order)."""
+    with tf.name_scope("detections"):
+        boxes = tf.broadcast_to(boxes, tf.concat([tf.shape(scores), [4]], axis=0))
         shape = tf.cast(tf.convert_to_tensor(image_shape), tf.float32)
         if shape.shape.rank == 2:
             shape = shape[:, None, None, :]
-        boxes = box_ops.clip_boxes(boxes, shape)
         num_classes = scores.shape[-1]
         batch, num = tf.shape(scores)[0], tf.shape(scores)[1]
+        if classes is None:
+            classes = tf.broadcast_to(tf.range(num_classes), tf.shape(scores))
+        boxes = box_ops.clip_boxes(boxes, shape)
         boxes = tf.reshape(boxes, [batch, -1, 4])
-        classes = tf.tile(tf.range(num_classes)[None], [num, 1])
-        classes = tf.broadcast_to(tf.reshape(classes, [1, -1]), tf.shape(boxes)[:2])
+        classes = tf.reshape(classes, [batch, -1])
         roi_valid = tf.range(num)[None] < tf.cast(num_rois, tf.int32)[:, None]
         roi_valid = tf.reshape(tf.repeat(roi_valid, num_classes, axis=1), tf.shape(boxes)[:2])
         scores = tf.reshape(scores, [batch, -1])

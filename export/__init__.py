@@ -2,7 +2,8 @@
 
 Modules: `saved_model` (`to_saved_model`), `serving` (uint8/float/bytes image signatures with
 named outputs per family), `rest` (TF Serving's REST predict mapping and a local server),
-`tflite` (conversion and the LiteRT runner), `verify` and `evaluate` (parity, accuracy, latency).
+`tflite` (conversion and the LiteRT runner), `verify` and `evaluate` (parity, accuracy, latency),
+`quantization_debug` (the int8 error of every tensor, to choose what `keep_float` keeps).
 
 Example:
     >>> import keras, numpy as np

@@ -171,10 +171,12 @@ def convert_to_tflite(model, quantization=None, representative_data=None, batch_
         float_ops: with `"int8"`, keep the model in float where full-integer kernels do not
             exist (`TFLITE_BUILTINS` allowed beside `TFLITE_BUILTINS_INT8`, so e.g. a ViT's
             layer norms may run in float); default `False`: integer kernels only.
-        keep_float: with `"int8"`, TFLite op names (e.g. `["SOFTMAX", "FULLY_CONNECTED"]`)
-            left in float32 while the rest is quantized (selective quantization through
-            `tf.lite.experimental.QuantizationDebugger`'s `denylisted_ops`): the way to keep
-            the accuracy where int8 loses it.
+        keep_float: with `"int8"`, what is left in float32 while the rest is quantized
+            (selective quantization through `tf.lite.experimental.QuantizationDebugger`): TFLite
+            op names in capitals (`["SOFTMAX", "FULLY_CONNECTED"]`, every op of that kind,
+            its `denylisted_ops`) and/or TFLite tensor names (the output of one op, its
+            `denylisted_nodes`; `export.quantization_debug.layer_errors` lists them with their
+            int8 error): the way to keep the accuracy where int8 loses it.
 
     Returns:
         `bytes` of the `.tflite` model.
@@ -207,19 +209,27 @@ def convert_to_tflite(model, quantization=None, representative_data=None, batch_
         representative_data = _representative(model, representative_data, specs,
                                               calibration_steps, progress)
     if keep_float is not None and (quantization != "int8" or isinstance(keep_float, str)):
-        raise ValueError("`keep_float` is a list of TFLite op names for quantization='int8'. "
+        raise ValueError("`keep_float` is a list of TFLite op or tensor names for "
+                         "quantization='int8'. "
                          f"Received: keep_float={keep_float!r}, quantization={quantization!r}")
     with _converter(model, specs) as conv:
         return _convert(conv, model, specs, quantization, representative_data, io_dtype,
                         bool(float_ops), keep_float)
 
 
+def _is_op_name(name):
+    """`CONV_2D`, `SOFTMAX`: a TFLite op kind; anything else is a tensor name."""
+    return re.fullmatch(r"[A-Z][A-Z0-9_]*", name) is not None
+
+
 def _selective(conv, representative, io_dtype, keep_float):
-    """Full-integer conversion with the ops named in `keep_float` left in float."""
+    """Full-integer conversion with the ops or tensors named in `keep_float` left in float."""
     conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
                                       tf.lite.OpsSet.TFLITE_BUILTINS]
     options = tf.lite.experimental.QuantizationDebugOptions(
-        denylisted_ops=list(keep_float), fully_quantize=io_dtype != "float32")
+        denylisted_ops=[name for name in keep_float if _is_op_name(name)],
+        denylisted_nodes=[name for name in keep_float if not _is_op_name(name)],
+        fully_quantize=io_dtype != "float32")
     with warnings.catch_warnings():  # the debugger runs the deprecated tf.lite.Interpreter
         warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")
         debugger = tf.lite.experimental.QuantizationDebugger(

@@ -657,3 +657,25 @@ def check_loss(loss_fn, loss_cls, y_true, y_pred, *, function_axis=None, package
         _close(got, value, 0, mixed_precision_rtol * max(1.0, abs(value)),
                "the loss class under mixed_float16 differs from float32")
     return values
+
+
+def tiny_detection_backbone(size):
+    """A detection backbone small enough for fast tests: four stride-2 conv stages after a
+    stride-2 stem, the dict `C2`..`C5` at strides 4..32 that `kcv.models.FasterRCNN` takes."""
+    inputs = keras.Input((size, size, 3))
+    x = keras.layers.Conv2D(8, 3, strides=2, padding="same", activation="relu")(inputs)
+    out = {}
+    for level, filters in zip(("C2", "C3", "C4", "C5"), (8, 16, 16, 16)):
+        x = keras.layers.Conv2D(filters, 3, strides=2, padding="same", activation="relu")(x)
+        out[level] = x
+    return keras.Model(inputs, out, name="tiny")
+
+
+def tiny_faster_rcnn(size=64, **kwargs):
+    """A `kcv.models.FasterRCNN` on `tiny_detection_backbone` with small heads and proposal
+    counts, at a fixed `size` x `size` input (`kwargs` go to the constructor)."""
+    from kcv.models.detection import FasterRCNN
+
+    return FasterRCNN(3, backbone=tiny_detection_backbone(size), input_shape=(size, size, 3),
+                      fpn_filters=16, representation_size=32, rpn_pre_nms_top_n=(200, 100),
+                      rpn_post_nms_top_n=(100, 50), box_batch_size_per_image=64, **kwargs)

@@ -14,6 +14,9 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# tests/, for kcv_testing (which test_faster_rcnn imports)
+_TESTS = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
+sys.path.insert(0, _TESTS)
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402

@@ -8,22 +8,9 @@ import tensorflow as tf
 import kcv
 from kcv.models.detection import FasterRCNN
 
+from kcv_testing import tiny_faster_rcnn
 
-def _tiny_backbone(size):
-    """Four stride-2 conv stages after a stride-2 stem: C2..C5 at strides 4..32."""
-    inputs = keras.Input((size, size, 3))
-    x = keras.layers.Conv2D(8, 3, strides=2, padding="same", activation="relu")(inputs)
-    out = {}
-    for level, filters in zip(("C2", "C3", "C4", "C5"), (8, 16, 16, 16)):
-        x = keras.layers.Conv2D(filters, 3, strides=2, padding="same", activation="relu")(x)
-        out[level] = x
-    return keras.Model(inputs, out, name="tiny")
-
-
-def _model(size=64, **kwargs):
-    return FasterRCNN(3, backbone=_tiny_backbone(size), input_shape=(size, size, 3),
-                      fpn_filters=16, representation_size=32, rpn_pre_nms_top_n=(200, 100),
-                      rpn_post_nms_top_n=(100, 50), box_batch_size_per_image=64, **kwargs)
+_model = tiny_faster_rcnn  # the other detection tests import `_model` from here
 
 
 def test_initial_rpn_loss_and_detections_format():

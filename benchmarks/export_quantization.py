@@ -9,6 +9,10 @@ int8 TFLite (float and uint8 input/output) and measures on held-out data:
 * classification (ViT; `--families mobilenet_v2` too): top-1 on scikit-learn's digits (the last
   497 of the 1,797 held out). Calibration draws 100 training images only.
 
+* detection (`--families faster_rcnn`): COCO AP of a Faster R-CNN on held-out synthetic shapes,
+  float32, dynamic and full int8 (float post-processing) only, by
+  `benchmarks/export_quantization_detection.py` (its docstring has the settings).
+
 Prints one JSON line per family and mode and a Markdown table (docs/export.md shows it), and
 writes `<out>/<family>_modes.png` (latency and accuracy per mode) and `<out>/results.json`.
 
@@ -126,16 +130,26 @@ def _table(results):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--families", default="unet,vit",
-                        help="comma-separated: unet, vit, deeplab_v3_plus, mobilenet_v2 "
+                        help="comma-separated: unet, vit, deeplab_v3_plus, mobilenet_v2, "
+                        "faster_rcnn "
                         "(default: unet,vit, the two docs/export.md reports)")
     parser.add_argument("--out", default="runs/export_quantization")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="one epoch, few images (smoke)")
     args = parser.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
-    results = [run_family(name, args.quick, args.out, args.threads)
-               for name in args.families.split(",")]
+    families = args.families.split(",")
+    detection = None
+    if "faster_rcnn" in families:
+        import export_quantization_detection
+
+        families.remove("faster_rcnn")
+        detection = export_quantization_detection.run(args.quick, args.out, args.threads)
+    results = [run_family(name, args.quick, args.out, args.threads) for name in families]
     table = _table(results)
+    if detection is not None:
+        table += "\n" + export_quantization_detection.table(detection[0])
+        results.append(detection)
     print(table)
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump([rows for rows, _ in results], f, indent=1)

@@ -354,7 +354,7 @@ def to_tflite(model, path, quantization=None, representative_data=None, overwrit
         path: the `.tflite` file to write.
         overwrite: replace an existing file; without it an existing path raises.
         **kwargs: the other arguments of `convert_to_tflite` (`input_shapes`, `io_dtype`,
-            `calibration_steps`, `progress`, `float_ops`).
+            `calibration_steps`, `progress`, `float_ops`, `keep_float`, `float_scopes`).
 
     Returns:
         The path written.

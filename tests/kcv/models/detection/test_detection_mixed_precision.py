@@ -24,6 +24,7 @@ _VARIANTS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", sorted(_VARIANTS))
 def test_variant_trains_under_mixed_float16(variant):
     keras.mixed_precision.set_global_policy("mixed_float16")

@@ -6,7 +6,10 @@ int8 TFLite (float and uint8 input/output) and measures on held-out data:
 * segmentation (UNet, DeepLabV3+): foreground mean IoU and Dice on synthetic shapes
   (`kcv.data.make_shapes`, 64x64, train seed 0, 200 held out with seed 10,000, 4 classes);
 * classification (ViT on 8x8 digits, MobileNetV2 on digits upsampled to 32x32x3): top-1 on
-  scikit-learn's digits (the last 497 of the 1,797 held out).
+  scikit-learn's digits (the last 497 of the 1,797 held out);
+* detection (`--families faster_rcnn`): COCO AP of a Faster R-CNN on held-out synthetic shapes,
+  float32, dynamic and full int8 (float post-processing) only, by
+  `benchmarks/export_quantization_detection.py` (its docstring has the settings).
 Calibration draws 100 training images only. The quantization debugger
 (`export.quantization_debug.layer_errors`, on 32 training images) then ranks the int8 tensors
 by their own error; when plain int8 loses more than 1 point, the tensors above
@@ -169,8 +172,8 @@ def _table(results):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--families", default="unet,vit,deeplab_v3_plus,mobilenet_v2",
-                        help="comma-separated: unet, vit, deeplab_v3_plus, mobilenet_v2 "
-                        "(default: all four, the rows docs/export.md reports)")
+                        help="comma-separated: unet, vit, deeplab_v3_plus, mobilenet_v2, "
+                        "faster_rcnn (default: the four families of docs/export.md's table)")
     parser.add_argument("--keep-float-threshold", type=float, default=_SUSPECT,
                         help="when int8 loses more than 1 point, tensors whose int8 error "
                         "exceeds this many quantization steps (RMSE / scale) stay in float")
@@ -179,9 +182,19 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="one epoch, few images (smoke)")
     args = parser.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
+    families = args.families.split(",")
+    detection = None
+    if "faster_rcnn" in families:
+        import export_quantization_detection
+
+        families.remove("faster_rcnn")
+        detection = export_quantization_detection.run(args.quick, args.out, args.threads)
     results = [run_family(name, args.quick, args.out, args.threads, args.keep_float_threshold)
-               for name in args.families.split(",")]
+               for name in families]
     table = _table(results)
+    if detection is not None:
+        table += "\n" + export_quantization_detection.table(detection[0])
+        results.append(detection)
     print(table)
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump([rows for rows, _ in results], f, indent=1)

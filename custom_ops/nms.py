@@ -246,6 +246,19 @@ def _greedy(prep, iou_threshold, max_output_size, mode, class_aware):
                  _limit(prep, max_output_size)), bucket_axis_1=(0, 1))
 
 
+def _renewed(x, step):
+    """`x` as a new tensor at each loop step (`x` where `step >= 0`, which always holds).
+
+    TensorFlow Lite's int8 calibrator (TF 2.14 to at least 2.21) crashes the process on a WHILE
+    whose body passes a float tensor through unchanged, as every float tensor a loop body reads
+    from outside becomes (tensorflow/tensorflow#75140: the WHILE kernel frees that output, the
+    calibrator then reads it). The cores below therefore read no outside float tensor: floats
+    are carried as loop variables renewed by this select (one copy per step; XLA and LiteRT run
+    it as a plain select). Integer and bool tensors are not calibrated and may be read freely.
+    """
+    return tf.where(step >= 0, x, tf.zeros([], x.dtype))
+
+
 def _greedy_core(boxes, valid, coef, limit, mode, class_aware, tile):
     batch = tf.shape(boxes)[0]
     npad = tf.shape(boxes)[1]
@@ -255,7 +268,7 @@ def _greedy_core(boxes, valid, coef, limit, mode, class_aware, tile):
     lanes = tf.range(tile)
     upper = lanes[:, None] < lanes[None, :]  # i < j: earlier (higher score) suppresses later
 
-    def tile_step(i, count, kept_pos_in, kept_boxes_in):
+    def tile_step(i, count, kept_pos_in, kept_boxes_in, boxes, coef):
         kept_pos, kept_boxes = kept_pos_in, kept_boxes_in
         start = i * tile
         cand = tf.slice(boxes, [0, start, 0], [batch, tile, 5])
@@ -263,21 +276,23 @@ def _greedy_core(boxes, valid, coef, limit, mode, class_aware, tile):
         alive.set_shape([valid.shape[0], tile])
         cand.set_shape([boxes.shape[0], tile, 5])
 
-        def against_kept(j, alive):
+        def against_kept(j, alive, kept_boxes, cand, coef):
             kept = tf.slice(kept_boxes, [0, j * tile, 0], [batch, tile, 5])
             kept_valid = (j * tile + lanes)[None, :] < count[:, None]
             hit = _overlap(kept, cand, kept_valid, coef, mode, class_aware)
-            return j + 1, _same_shapes([alive & ~tf.reduce_any(hit, axis=1)], [alive])[0]
+            return (j + 1, _same_shapes([alive & ~tf.reduce_any(hit, axis=1)], [alive])[0],
+                    *_same_shapes([_renewed(t, j) for t in (kept_boxes, cand, coef)],
+                                  [kept_boxes, cand, coef]))
 
         kept_tiles = (tf.reduce_max(count) + tile - 1) // tile
-        _, alive = tf.while_loop(lambda j, _: j < kept_tiles, against_kept, [0, alive])
+        _, alive, *_ = tf.while_loop(lambda j, *_: j < kept_tiles, against_kept,
+                                     [0, alive, kept_boxes, cand, coef])
 
-        inside = _overlap(cand, cand, tf.ones_like(alive), coef, mode, class_aware)
-        inside = tf.cast(inside & upper[None], tf.float32)
+        # bool, not float: the fixed-point loop reads it from outside (see `_renewed`)
+        inside = _overlap(cand, cand, tf.ones_like(alive), coef, mode, class_aware) & upper[None]
 
         def fixed_point(keep, _):
-            hits = tf.matmul(tf.cast(keep, tf.float32)[:, None, :], inside)[:, 0, :]
-            new = alive & ~(hits > 0.5)
+            new = alive & ~tf.reduce_any(keep[:, :, None] & inside, axis=1)
             return _same_shapes([new], [keep])[0], tf.reduce_any(tf.not_equal(new, keep))
 
         alive, _ = tf.while_loop(lambda _, changed: changed, fixed_point, [alive, True])
@@ -292,15 +307,17 @@ def _greedy_core(boxes, valid, coef, limit, mode, class_aware, tile):
         kept_pos = tf.where(put, new_pos, kept_pos)
         kept_boxes = tf.where(put[:, :, None], new_boxes, kept_boxes)
         return (i + 1, *_same_shapes([count + num_new, kept_pos, kept_boxes],
-                                     [count, kept_pos_in, kept_boxes_in]))
+                                     [count, kept_pos_in, kept_boxes_in]),
+                *_same_shapes([_renewed(boxes, i), _renewed(coef, i)], [boxes, coef]))
 
     def more(i, count, *_):
         return (i < num_tiles) & tf.reduce_any(count < limit)
 
     count = tf.zeros(tf.shape(valid)[:1], tf.int32)
     count.set_shape(valid.shape[:1])
-    _, count, kept_pos, kept_boxes = tf.while_loop(
-        more, tile_step, [0, count, tf.zeros_like(valid, tf.int32), tf.zeros_like(boxes)])
+    _, count, kept_pos, kept_boxes, *_ = tf.while_loop(
+        more, tile_step,
+        [0, count, tf.zeros_like(valid, tf.int32), tf.zeros_like(boxes), boxes, coef])
     return kept_pos, kept_boxes, count
 
 

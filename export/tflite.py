@@ -142,12 +142,16 @@ def _find_flex_ops(model, specs):
 
 def convert_to_tflite(model, quantization=None, representative_data=None, batch_size=1,
                       int8_io=False, input_shapes=None, io_dtype=None, calibration_steps=None,
-                      progress=False, float_ops=None, keep_float=None):
+                      progress=False, float_ops=None, keep_float=None, float_scopes=None):
     """Converts a Keras model to TFLite flatbuffer bytes with builtin ops only.
 
     A model with a `serving_signature(dtype, batch_size)` method (kcv's detectors) is converted
     through it with `dtype="float32"`: float32 `images` in [0, 1], outputs named by its
-    `serving_output_names` (`boxes`, `scores`, `classes`, `num_detections`).
+    `serving_output_names` (`boxes`, `scores`, `classes`, `num_detections`). With `"int8"`,
+    such a model's `serving_float_scopes` and `serving_float_ops` are the default
+    `float_scopes` and `keep_float`: a detector's
+    convolutions and fully connected layers run in int8, its box arithmetic, NMS and RoIAlign
+    in float32 (int8 box coordinates would cost the accuracy), in the same `.tflite`.
 
     Args:
         model: a built Keras model.
@@ -177,14 +181,18 @@ def convert_to_tflite(model, quantization=None, representative_data=None, batch_
             its `denylisted_ops`) and/or TFLite tensor names (the output of one op, its
             `denylisted_nodes`; `export.quantization_debug.layer_errors` lists them with their
             int8 error): the way to keep the accuracy where int8 loses it.
+        float_scopes: with `"int8"`, TensorFlow name scopes (e.g. `["generate_proposals"]`,
+            the scope names as written, without Keras' `_1` suffixes): every op traced inside
+            one stays float32 (selective quantization by node, as `keep_float` by op type).
+            Default: the model's `serving_float_scopes` if it has one, else none. Ops without
+            integer kernels may then run in float (as with `float_ops=True`).
 
     Returns:
         `bytes` of the `.tflite` model.
 
     Raises:
         FlexOpsError: the model needs ops that are not TFLite builtins; lists them.
-        ValueError: unknown `quantization`, `"int8"` without `representative_data`, or
-            `"int8"` for a detector (TensorFlow's calibrator crashes on its NMS loops).
+        ValueError: unknown `quantization`, or `"int8"` without `representative_data`.
     """
     if quantization not in _QUANTIZATIONS:
         raise ValueError(
@@ -197,13 +205,6 @@ def convert_to_tflite(model, quantization=None, representative_data=None, batch_
     if io_dtype != "float32" and quantization != "int8":
         raise ValueError(f"`io_dtype={io_dtype!r}` needs quantization='int8'. Received: "
                          f"quantization={quantization!r}")
-    if quantization == "int8" and hasattr(model, "serving_signature"):
-        raise ValueError(
-            "`quantization='int8'` is not available for detectors: TensorFlow 2.21's int8 "
-            "calibrator crashes the process (segfault) on the while-loops of their NMS. Use "
-            "quantization='dynamic' (int8 weights, float activations and I/O). "
-            f"Received: quantization={quantization!r}"
-        )
     specs = input_specs(model, batch_size=batch_size, input_shapes=input_shapes)
     if quantization == "int8":
         representative_data = _representative(model, representative_data, specs,
@@ -212,9 +213,17 @@ def convert_to_tflite(model, quantization=None, representative_data=None, batch_
         raise ValueError("`keep_float` is a list of TFLite op or tensor names for "
                          "quantization='int8'. "
                          f"Received: keep_float={keep_float!r}, quantization={quantization!r}")
+    if quantization == "int8" and float_scopes is None:
+        float_scopes = getattr(model, "serving_float_scopes", None)
+    if quantization == "int8" and keep_float is None:
+        keep_float = getattr(model, "serving_float_ops", None)
+    if float_scopes is not None and (quantization != "int8" or isinstance(float_scopes, str)):
+        raise ValueError("`float_scopes` is a list of TensorFlow name scopes for "
+                         f"quantization='int8'. Received: float_scopes={float_scopes!r}, "
+                         f"quantization={quantization!r}")
     with _converter(model, specs) as conv:
         return _convert(conv, model, specs, quantization, representative_data, io_dtype,
-                        bool(float_ops), keep_float)
+                        bool(float_ops), keep_float, float_scopes)
 
 
 def _is_op_name(name):
@@ -222,23 +231,104 @@ def _is_op_name(name):
     return re.fullmatch(r"[A-Z][A-Z0-9_]*", name) is not None
 
 
-def _selective(conv, representative, io_dtype, keep_float):
-    """Full-integer conversion with the ops or tensors named in `keep_float` left in float."""
+def _selective(conv, representative, io_dtype, keep_float, float_scopes=None):
+    """Full-integer conversion with the ops or tensors named in `keep_float`, and every op
+    inside one of the name scopes `float_scopes`, left in float.
+
+    `tf.lite.experimental.QuantizationDebugger` calibrates once (`calibrated_model`) and
+    quantizes with its options' `denylisted_ops` / `denylisted_nodes` (op output names); the
+    node names under `float_scopes` are read from the calibrated model before that, and their
+    tensors' ranges removed from it (`_drop_calibration`).
+    """
+    keep_float = list(keep_float or [])
     conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
                                       tf.lite.OpsSet.TFLITE_BUILTINS]
+    nodes = [name for name in keep_float if not _is_op_name(name)]
     options = tf.lite.experimental.QuantizationDebugOptions(
         denylisted_ops=[name for name in keep_float if _is_op_name(name)],
-        denylisted_nodes=[name for name in keep_float if not _is_op_name(name)],
-        fully_quantize=io_dtype != "float32")
+        denylisted_nodes=nodes, fully_quantize=io_dtype != "float32")
     with warnings.catch_warnings():  # the debugger runs the deprecated tf.lite.Interpreter
         warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")
         debugger = tf.lite.experimental.QuantizationDebugger(
             converter=conv, debug_dataset=representative, debug_options=options)
+        if float_scopes:
+            options.denylisted_nodes = nodes + scoped_op_names(debugger.calibrated_model,
+                                                               float_scopes)
+            debugger.calibrated_model = _drop_calibration(debugger.calibrated_model,
+                                                          float_scopes)
         return debugger.get_nondebug_quantized_model()
 
 
+def _scope_pattern(scopes):
+    return re.compile(r"(?:^|/)(?:%s)(?:_\d+)?(?:/|$)" % "|".join(map(re.escape, scopes)))
+
+
+def _in_scopes(name, pattern):
+    return any(pattern.search(part) for part in name.split(";"))
+
+
+def scoped_op_names(model, scopes):
+    """The output names of the ops of a `.tflite` model (every subgraph) inside name scopes.
+
+    Args:
+        model: `.tflite` bytes (float or calibrated).
+        scopes: TensorFlow name scopes as written (`"roi_align"` also matches the `roi_align_1`
+            that a second trace gives).
+
+    Returns:
+        Sorted op output tensor names (TFLite names an op by its first output; fused ops by
+        `a;b`, matched when any part is inside a scope).
+
+    Example:
+        >>> import keras
+        >>> inputs = keras.Input((4,))
+        >>> hidden = keras.layers.Dense(3, activation="relu", name="hidden")(inputs)
+        >>> model = keras.Model(inputs, keras.layers.Dense(2, name="head")(hidden))
+        >>> scoped_op_names(convert_to_tflite(model), ["hidden"])
+        ['functional_1/hidden_1/MatMul;functional_1/hidden_1/Relu']
+    """
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    pattern = _scope_pattern(scopes)
+    flat = flatbuffer_utils.convert_bytearray_to_object(bytearray(model))
+    names = set()
+    for graph in flat.subgraphs:
+        for op in graph.operators or []:
+            if op.outputs is not None and len(op.outputs):
+                name = graph.tensors[op.outputs[0]].name.decode()
+                if _in_scopes(name, pattern):
+                    names.add(name)
+    return sorted(names)
+
+
+def _drop_calibration(calibrated, scopes):
+    """The calibrated model without the ranges of the tensors inside `scopes` (every subgraph).
+
+    Denylisting a node keeps its kernel in float, but the quantizer still puts a quantize /
+    dequantize pair on every tensor it has a range for (the outputs of multi-output ops such as
+    UNPACK, WHILE-body arguments): int8 rounding in the middle of float code. A tensor without
+    a range cannot be quantized, so it stays exactly float.
+    """
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    pattern = _scope_pattern(scopes)
+    flat = flatbuffer_utils.convert_bytearray_to_object(bytearray(calibrated))
+    for index, graph in enumerate(flat.subgraphs):
+        # a loop's body or condition with an op inside the scopes is float code as a whole
+        # (its arguments are named by TFLite, not by the scope)
+        whole = index > 0 and any(
+            op.outputs is not None and len(op.outputs)
+            and _in_scopes(graph.tensors[op.outputs[0]].name.decode(), pattern)
+            for op in graph.operators or [])
+        for tensor in graph.tensors or []:
+            if tensor.quantization is not None and (
+                    whole or _in_scopes(tensor.name.decode(), pattern)):
+                tensor.quantization = None
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(flat))
+
+
 def _convert(conv, model, specs, quantization, representative, io_dtype, float_ops,
-             keep_float=None):
+             keep_float=None, float_scopes=None):
     conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     if quantization == "float16":
         conv.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -255,8 +345,8 @@ def _convert(conv, model, specs, quantization, representative, io_dtype, float_o
             conv.inference_input_type = getattr(tf, io_dtype)
             conv.inference_output_type = getattr(tf, io_dtype)
     try:
-        if keep_float:
-            return _selective(conv, representative, io_dtype, keep_float)
+        if keep_float or float_scopes:
+            return _selective(conv, representative, io_dtype, keep_float, float_scopes)
         return conv.convert()
     except Exception as err:  # the converter raises ConverterError with a long log
         text = str(err)
@@ -276,7 +366,7 @@ def to_tflite(model, path, quantization=None, representative_data=None, overwrit
         path: the `.tflite` file to write.
         overwrite: replace an existing file; without it an existing path raises.
         **kwargs: the other arguments of `convert_to_tflite` (`input_shapes`, `io_dtype`,
-            `calibration_steps`, `progress`, `float_ops`).
+            `calibration_steps`, `progress`, `float_ops`, `keep_float`, `float_scopes`).
 
     Returns:
         The path written.

@@ -116,7 +116,7 @@ _FAMILIES = {
                                     num_blocks=1, stem_filters=8),
     "vit": lambda: VisionTransformer((16, 16, 3), 4, patch_size=8, hidden_dim=16, num_layers=1,
                                      num_heads=2, mlp_dim=32),
-    "faster_rcnn": _detector,  # int8 weights (dynamic range): full int8 is refused for detectors
+    "faster_rcnn": _detector,  # int8 weights here; full int8: test_faster_rcnn_deploy.py
 }
 _SLOW = {"mobilenet_v2", "resnet18", "vgg16", "hrnet", "deeplab_v3_plus", "hrnet_pose",
          "faster_rcnn"}  # big or many ops
@@ -143,8 +143,8 @@ def test_every_family_converts_to_builtins_with_integer_weights(family):
     size = model.inputs[0].shape[1] if family != "faster_rcnn" else 64
     x = _images(2, size, seed=9)
     if family == "faster_rcnn":
-        # Full int8 is refused for detectors (TF 2.21's calibrator crashes on the NMS loops):
-        # the audit is int8 weights with float activations.
+        # int8 weights with float activations; the detector's full int8 (float post-processing)
+        # has its own test in tests/kcv/models/detection/test_faster_rcnn_deploy.py.
         content = export.convert_to_tflite(model, quantization="dynamic")
     else:
         calibration = [_images(1, size, seed=i) for i in range(4)]

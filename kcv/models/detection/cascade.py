@@ -40,14 +40,15 @@ def refine_boxes(deltas, rois, weights, image_shape):
         ...              tf.constant([[[0.0, 0.0, 10.0, 10.0]]]), (10, 10, 5, 5), (32, 32))[0]
         <tf.Tensor: shape=(1, 4), dtype=float32, numpy=array([[ 2.,  0., 12., 10.]], dtype=float32)>
     """
-    deltas = tf.cast(deltas, tf.float32)
-    if deltas.shape.rank == 4:
-        deltas = deltas[:, :, 0]
-    boxes = box_ops.decode_boxes(deltas, tf.cast(rois, tf.float32), weights=weights)
-    shape = tf.cast(tf.convert_to_tensor(image_shape), tf.float32)
-    if shape.shape.rank == 2:
-        shape = shape[:, None, :]
-    return tf.stop_gradient(box_ops.clip_boxes(boxes, shape))
+    with tf.name_scope("refine_boxes"):
+        deltas = tf.cast(deltas, tf.float32)
+        if deltas.shape.rank == 4:
+            deltas = deltas[:, :, 0]
+        boxes = box_ops.decode_boxes(deltas, tf.cast(rois, tf.float32), weights=weights)
+        shape = tf.cast(tf.convert_to_tensor(image_shape), tf.float32)
+        if shape.shape.rank == 2:
+            shape = shape[:, None, :]
+        return tf.stop_gradient(box_ops.clip_boxes(boxes, shape))
 
 
 def next_stage_candidates(rois, labels, refined, gt_boxes, gt_classes, min_size=_MIN_SIZE):

@@ -34,7 +34,12 @@ from kcv.models.detection.roi_heads import (
 )
 from kcv.models.detection.rpn import RPNHead, generate_proposals, rpn_loss, rpn_targets
 from kcv.models.detection.sampler import BalancedPositiveNegativeSampler, image_seeds
-from kcv.models.detection.serving import DETECTION_OUTPUTS, serving_signature
+from kcv.models.detection.serving import (
+    DETECTION_OUTPUTS,
+    FLOAT_OPS,
+    FLOAT_SCOPES,
+    serving_signature,
+)
 
 _LOSS_NAMES = ("rpn_objectness", "rpn_box", "classifier", "box_reg")
 
@@ -334,6 +339,7 @@ class FasterRCNN(keras.Model):
     # === Export ===
 
     serving_output_names = DETECTION_OUTPUTS
+    serving_float_scopes, serving_float_ops = FLOAT_SCOPES, FLOAT_OPS
 
     def serving_signature(self, dtype="uint8", batch_size=None):
         """`(fn, input_specs)` that `export/` serves (`kcv.models.detection.serving`)."""

@@ -11,6 +11,17 @@ never imports `export/` (DESIGN.md); the exporters only duck-type the method.
 import tensorflow as tf
 
 DETECTION_OUTPUTS = ("boxes", "scores", "classes", "num_detections")
+# The TensorFlow name scopes of a detector's box arithmetic: anchors, proposal decoding and NMS,
+# RoIAlign/RoIPool, Cascade's box refinement, per-class decoding and NMS. Full-integer TFLite
+# keeps them in float32 (`export.convert_to_tflite(..., float_scopes=...)`): int8 box
+# coordinates would move boxes by whole pixels and tie the scores NMS sorts.
+FLOAT_SCOPES = ("generate_anchors", "generate_proposals", "roi_align", "roi_pool",
+                "refine_boxes", "postprocess_detections", "select_detections")
+# TFLite ops that the int8 quantizer gives a scale even inside the scopes above (their input's,
+# or the fixed 1/256 of LOGISTIC and SOFTMAX): kept in float32 by type (`keep_float=...`). None of
+# them computes in a detector's convolutional or fully connected parts.
+FLOAT_OPS = ("TOPK_V2", "GATHER", "UNPACK", "PACK", "STRIDED_SLICE", "SELECT_V2",
+             "CONCATENATION", "RESHAPE", "LOGISTIC", "SOFTMAX")
 _DTYPES = ("uint8", "float32")
 
 

@@ -283,9 +283,9 @@ def scoped_op_names(model, scopes):
         >>> import keras
         >>> inputs = keras.Input((4,))
         >>> hidden = keras.layers.Dense(3, activation="relu", name="hidden")(inputs)
-        >>> model = keras.Model(inputs, keras.layers.Dense(2, name="head")(hidden))
+        >>> model = keras.Model(inputs, keras.layers.Dense(2, name="head")(hidden), name="net")
         >>> scoped_op_names(convert_to_tflite(model), ["hidden"])
-        ['functional_1/hidden_1/MatMul;functional_1/hidden_1/Relu']
+        ['net_1/hidden_1/MatMul;net_1/hidden_1/Relu']
     """
     from tensorflow.lite.tools import flatbuffer_utils
 

@@ -96,7 +96,11 @@ def _converter(model, specs):
         serve = serving_function(model, "float32")
         try:
             _write_frozen_saved_model(model, path, specs, serve)
-        except Exception:  # noqa: BLE001 - any freezing failure: take the general route
+        except Exception as err:  # noqa: BLE001 - any freezing failure: take the general route
+            warnings.warn(f"Freezing the serving function failed ({type(err).__name__}: "
+                          f"{str(err)[:500]}); converting the full SavedModel instead, which "
+                          "is slower and may keep dynamic shapes that are not builtins.",
+                          stacklevel=3)
             path = os.path.join(tmp, "saved_model_full")
             write_saved_model(model, path, specs, serve)
         yield tf.lite.TFLiteConverter.from_saved_model(path, signature_keys=["serving_default"])

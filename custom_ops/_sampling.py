@@ -169,8 +169,9 @@ def corner_indices_and_weights(base, y, x, height, width, y_scale=None, x_scale=
     cols = tf.stack([x_lo, x_hi, x_lo, x_hi])  # [4, K, Sx]
     wy = tf.stack([wy_lo, wy_lo, wy_hi, wy_hi])
     wx = tf.stack([wx_lo, wx_hi, wx_lo, wx_hi])
-    indices = rows[:, :, :, None] + cols[:, :, None, :]
-    weights = wy[:, :, :, None] * wx[:, :, None, :]
+    # expand_dims, not [..., None]: a new-axis StridedSlice on dynamic sizes is not a TFLite builtin
+    indices = tf.expand_dims(rows, 3) + tf.expand_dims(cols, 2)
+    weights = tf.expand_dims(wy, 3) * tf.expand_dims(wx, 2)
     return indices, weights
 
 

@@ -220,7 +220,8 @@ def _align(levels, boxes, level_of_box, box_indices, output_size, spatial_scales
     def per_bin(t):  # [4, K, oh * gh, ow * gw] -> [4 * gh * gw, K * oh * ow]: taps of each bin
         t = tf.reshape(t, [4, k, out_h, gh, out_w, gw])
         t = tf.reshape(tf.transpose(t, [0, 3, 5, 1, 2, 4]), [-1, k * out_h * out_w])
-        return tf.ensure_shape(t, [taps, None])
+        # static rows by a reshape: EnsureShape is not a TFLite builtin
+        return t if taps is None else tf.reshape(t, [taps, -1])
 
     indices, weights = per_bin(indices), per_bin(weights)
     bins_per_box = out_h * out_w

@@ -17,7 +17,7 @@ import export
 import kcv
 from export._litert import interpreter
 
-from kcv_testing import check_keras_reload, run_saved_model_without_kcv
+from kcv_testing import assert_same_detections, check_keras_reload, run_saved_model_without_kcv
 
 _JOB = os.path.join(os.path.dirname(os.path.abspath(__file__)), "detection_distributed_job.py")
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(_JOB)))))
@@ -95,10 +95,7 @@ def test_tflite_is_builtins_only_and_gives_the_keras_detections(detector, images
     assert sorted(runner.get_output_details()) == sorted(_NAMES)
     want, got = _keras(detector, images), _lite(float_tflite, images)
     assert want["num_detections"].min() >= 10  # non-trivial: many detections, distinct scores
-    np.testing.assert_array_equal(got["num_detections"], want["num_detections"])
-    np.testing.assert_array_equal(got["classes"], want["classes"])
-    np.testing.assert_allclose(got["boxes"], want["boxes"], atol=1e-3, rtol=0)
-    np.testing.assert_allclose(got["scores"], want["scores"], atol=1e-4, rtol=0)
+    assert_same_detections(got, want)  # boxes within 1e-3 px, scores within 1e-4
 
 
 @pytest.mark.slow

@@ -11,7 +11,8 @@ the passes (`column_budget_bytes`), the forward pass alone and XLA
 
 With `--profile`, also times the steps of our forward + backward in isolation, in the same
 run as `tf.nn.conv2d`: the three matmuls (forward, input and kernel gradients of the columns)
-that any im2col formulation needs, the sampling (positions; columns by 1x1 crop_and_resize and
+that any im2col formulation needs (and the same multiply-adds as one stride-3 convolution of
+the columns laid out as a patch image), the sampling (positions; columns by 1x1 crop_and_resize and
 by the nested XLA gathers), the offset/mask gradients and the input-gradient scatter (XLA's and
 CropAndResizeGradImage).
 
@@ -120,6 +121,23 @@ def _fused_columns_and_grads(x, rows, weights, d_dy, d_dx, mask_rows, grad_cols,
     return cols, grad * mask_rows, grad_offsets, grad_mask
 
 
+def _patch_conv(geo, cols, kernel, up, x_shape):
+    """The columns laid out as a patch image [N, kh Ho, kw Wo, C] and a function returning one
+    stride-(kh, kw) `tf.nn.conv2d` of it with both gradients: the three matmuls' multiply-adds
+    as oneDNN's convolution (a gather could write this layout directly)."""
+    n, h, w = (int(d) for d in x_shape[:3])
+    patches = tf.reshape(tf.transpose(tf.reshape(cols, [n, h, w, geo.kh, geo.kw, -1]),
+                                      [0, 1, 3, 2, 4, 5]), [n, h * geo.kh, w * geo.kw, -1])
+    up_image = tf.reshape(up, [n, h, w, geo.cout])
+
+    def patch_conv():
+        with tf.GradientTape() as tape:
+            tape.watch([patches, kernel])
+            out = tf.nn.conv2d(patches, kernel, (geo.kh, geo.kw), "VALID")
+        return out, tape.gradient(out, [patches, kernel], output_gradients=up_image)
+    return patch_conv
+
+
 def _profile(data, repeats):
     """Median ms of each step of our forward + backward, isolated, beside tf.nn.conv2d."""
     x, offsets, mask, kernel, _ = data
@@ -135,10 +153,12 @@ def _profile(data, repeats):
                                              st, scatter=False)[0]
     size = tf.shape(images)
     nb_rows = _neighbourhood_rows(rows, geo)
+    patch_conv = _patch_conv(geo, cols, kernel, up, x.shape)
     steps = {
         "conv2d fwd+bwd": lambda: _conv_step(*data),
         "3 matmuls": lambda: (_module._matmul_kernel(geo, cols, kernel),
                               _module._kernel_grads(geo, cols, kernel, up)),
+        "3 matmuls as a stride-3 conv2d on patches": patch_conv,
         "positions (XLA)": lambda: _module._xla_sampling(x, offsets, mask, st),
         "columns (XLA gathers)": lambda: _module._xla_columns(x, rows, weights, mask_rows, st),
         "columns (1x1 crops)": lambda: _module._crop_columns(geo, images, y, xs, image,

@@ -743,16 +743,21 @@ def deform_conv2d(inputs, offsets, kernel, bias=None, mask=None, strides=1, padd
     with tf.name_scope("deform_conv2d"):
         inputs, offsets, kernel, bias, mask = _prepare(inputs, offsets, kernel, bias, mask)
         geo = _Geometry(inputs, offsets, kernel, mask, strides, padding, dilation_rate)
-        if (not isinstance(column_budget_bytes, numbers.Integral)
-                or isinstance(column_budget_bytes, bool) or column_budget_bytes < 0):
-            raise ValueError(
-                "`column_budget_bytes` must be a non-negative int. Received: "
-                f"column_budget_bytes={column_budget_bytes!r}"
-            )
+        check_column_budget(column_budget_bytes)
         checks = _runtime_checks(geo, inputs, offsets, mask)
         with tf.control_dependencies(checks):
             inputs = tf.identity(inputs) if checks else inputs
         return _deform_conv2d(geo, inputs, offsets, kernel, bias, mask, column_budget_bytes)
+
+
+def check_column_budget(column_budget_bytes):
+    """Raises ValueError unless `column_budget_bytes` is a non-negative int (not a bool)."""
+    if (not isinstance(column_budget_bytes, numbers.Integral)
+            or isinstance(column_budget_bytes, bool) or column_budget_bytes < 0):
+        raise ValueError(
+            "`column_budget_bytes` must be a non-negative int. Received: "
+            f"column_budget_bytes={column_budget_bytes!r}"
+        )
 
 
 def _columns_fit(geo, inputs, dtype, budget):

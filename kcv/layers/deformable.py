@@ -2,7 +2,7 @@
 
 import keras
 
-from custom_ops.deform_conv import deform_conv2d
+from custom_ops.deform_conv import check_column_budget, deform_conv2d
 from kcv.layers._checks import (
     check_activation,
     check_int_or_pair,
@@ -54,6 +54,11 @@ class DeformableConv2D(keras.layers.Layer):
             filters]` and bias. Defaults "glorot_uniform", "zeros".
         kernel_regularizer, bias_regularizer, kernel_constraint, bias_constraint: for the main
             kernel and bias. Default None.
+        column_budget_bytes: non-negative int, passed to `custom_ops.deform_conv2d`: when the
+            sampled columns (`N * H_out * W_out * kh * kw * C` values of the compute dtype;
+            static shapes) fit in this many bytes, the forward pass keeps them for the backward pass instead of
+            sampling again (faster training steps, more memory held between the passes; see
+            BENCHMARKS.md). 0 (default) never keeps them. Same numbers either way.
         **kwargs: base `keras.layers.Layer` arguments.
 
     Input shape: `[N, H, W, C]` (static `C`). Output shape: `[N, H_out, W_out, filters]`.
@@ -78,8 +83,9 @@ class DeformableConv2D(keras.layers.Layer):
                  offset_scale=1.0,
                  kernel_initializer="glorot_uniform", bias_initializer="zeros",
                  kernel_regularizer=None, bias_regularizer=None, kernel_constraint=None,
-                 bias_constraint=None, **kwargs):
+                 bias_constraint=None, column_budget_bytes=0, **kwargs):
         super().__init__(**kwargs)
+        check_column_budget(column_budget_bytes)
         check_positive_int("filters", filters)
         check_positive_int("groups", groups)
         check_positive_int("offset_groups", offset_groups)
@@ -117,6 +123,7 @@ class DeformableConv2D(keras.layers.Layer):
         self.use_bias = use_bias
         self.activation = activation
         self.offset_scale = offset_scale
+        self.column_budget_bytes = column_budget_bytes
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.bias_initializer = keras.initializers.get(bias_initializer)
         self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
@@ -158,7 +165,8 @@ class DeformableConv2D(keras.layers.Layer):
         offsets, mask = self.offsets_and_mask(inputs)
         out = deform_conv2d(inputs, offsets, self.kernel, self.bias, mask,
                             strides=self._stride_hw, padding=self.padding.lower(),
-                            dilation_rate=self._dilation_hw)
+                            dilation_rate=self._dilation_hw,
+                            column_budget_bytes=self.column_budget_bytes)
         return keras.activations.get(self.activation)(out)
 
     def offsets_and_mask(self, inputs):
@@ -207,4 +215,5 @@ class DeformableConv2D(keras.layers.Layer):
             "bias_regularizer": keras.regularizers.serialize(self.bias_regularizer),
             "kernel_constraint": keras.constraints.serialize(self.kernel_constraint),
             "bias_constraint": keras.constraints.serialize(self.bias_constraint),
+            "column_budget_bytes": self.column_budget_bytes,
         }

@@ -151,6 +151,8 @@ def test_offset_predictor_learns_from_zero():
         (dict(offset_groups=-1), r"`offset_groups` must be a positive integer"),
         (dict(activation="nope"), r"`activation` must be an activation name"),
         (dict(offset_scale=0), r"`offset_scale` must be a positive finite number.*=0"),
+        (dict(column_budget_bytes=-1), r"`column_budget_bytes` must be a non-negative int.*=-1"),
+        (dict(column_budget_bytes=1.5), r"`column_budget_bytes` must be a non-negative int"),
     ],
 )
 def test_bad_arguments(kwargs, match):
@@ -173,3 +175,44 @@ def test_bad_input_channels(kwargs, match):
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         DeformableConv2D(**args)(np.zeros((1, 6, 6, 4), np.float32))
+
+
+def test_column_budget_reaches_the_op_and_keeps_the_numbers(monkeypatch):
+    """`column_budget_bytes` is passed to `deform_conv2d` (columns kept between the passes) and
+    survives get_config; outputs and all gradients equal the default layer's in a tf.function."""
+    import kcv.layers.deformable as module
+
+    seen = []
+    op = module.deform_conv2d
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["column_budget_bytes"])
+        return op(*args, **kwargs)
+
+    monkeypatch.setattr(module, "deform_conv2d", spy)
+    rng = np.random.default_rng(3)
+    x = tf.constant(rng.normal(size=(2, 9, 9, 4)), tf.float32)
+    plain = DeformableConv2D(6, 3, offset_groups=2)
+    plain(x)
+    _randomize_offset_conv(plain, rng)
+    kept = DeformableConv2D.from_config({**plain.get_config(), "column_budget_bytes": 1 << 30})
+    kept(x)
+    kept.set_weights(plain.get_weights())
+    assert kept.get_config()["column_budget_bytes"] == 1 << 30
+    assert plain.get_config()["column_budget_bytes"] == 0
+
+    @tf.function
+    def step(layer, inputs):
+        with tf.GradientTape() as tape:
+            tape.watch(inputs)
+            out = layer(inputs)
+            loss = tf.reduce_sum(out * out)
+        return out, tape.gradient(loss, [inputs, *layer.trainable_weights])
+
+    seen.clear()
+    ref = step(plain, x)
+    got = step(kept, x)
+    assert seen == [0, 1 << 30]
+    np.testing.assert_allclose(got[0], ref[0], rtol=1e-5, atol=1e-5)
+    for g, r in zip(got[1], ref[1]):
+        np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-4)

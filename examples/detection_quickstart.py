@@ -251,7 +251,9 @@ def main(argv=None):
     parity_x = x_val[:args.parity_images]
     parity_uint8 = np.round(parity_x * 255).astype(np.uint8)
     keras_dets = {k: v[:args.parity_images] for k, v in predictions.items()}
-    keras_uint8 = detector.predict(parity_uint8.astype(np.float32) / 255, verbose=0)
+    # A direct call: `predict` on a batch of another size would trace the model once more.
+    keras_uint8 = {k: v.numpy() for k, v in
+                   detector(parity_uint8.astype(np.float32) / 255, training=False).items()}
     names = export.output_names(detector)
     sm_path = os.path.join(args.out, "saved_model")
     fp32_path = os.path.join(args.out, "detector.tflite")

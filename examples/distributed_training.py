@@ -36,6 +36,9 @@ def main(argv=None):
     parser.add_argument("--out", default="runs/distributed")
     parser.add_argument("--train-images", type=int, default=512)
     parser.add_argument("--val-images", type=int, default=128)
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--filters", type=int, default=16, help="U-Net filters of the first level")
+    parser.add_argument("--depth", type=int, default=3, help="U-Net levels")
     args = parser.parse_args(argv)
 
     if args.cpu_devices > 1 and not os.environ.get("TF_CONFIG"):
@@ -55,12 +58,14 @@ def main(argv=None):
     print(f"{type(distribution).__name__}: {distribution.num_replicas_in_sync} replicas; "
           f"worker {index}")
 
-    train = synthetic.shapes_dataset(args.train_images, 64, args.batch_size, seed=0)
-    val = synthetic.shapes_dataset(args.val_images, 64, args.batch_size, seed=1, shuffle=False)
+    size = args.image_size
+    train = synthetic.shapes_dataset(args.train_images, size, args.batch_size, seed=0)
+    val = synthetic.shapes_dataset(args.val_images, size, args.batch_size, seed=1, shuffle=False)
     steps = int(train.cardinality())
     with distribution.scope():
         keras.utils.set_random_seed(0)
-        model = kcv.models.UNet((64, 64, 3), synthetic.NUM_CLASSES, filters=16, depth=3)
+        model = kcv.models.UNet((size, size, 3), synthetic.NUM_CLASSES, filters=args.filters,
+                                depth=args.depth)
         model.compile(keras.optimizers.Adam(WarmupCosine(1e-2, 1, args.epochs - 1, steps)),
                       kcv.losses.BCEDiceLoss(),
                       metrics=[kcv.metrics.MeanIoU(synthetic.NUM_CLASSES)])

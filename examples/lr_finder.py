@@ -21,9 +21,10 @@ from kcv.data import synthetic
 from kcv.training import WarmupCosine, find_lr
 
 
-def build(seed):
+def build(seed, image_size=64, filters=16, depth=3):
     keras.utils.set_random_seed(seed)
-    model = kcv.models.UNet((64, 64, 3), synthetic.NUM_CLASSES, filters=16, depth=3)
+    model = kcv.models.UNet((image_size, image_size, 3), synthetic.NUM_CLASSES, filters=filters,
+                            depth=depth)
     model.compile(keras.optimizers.Adam(1e-3), kcv.losses.BCEDiceLoss(),
                   metrics=[kcv.metrics.MeanIoU(synthetic.NUM_CLASSES)])
     return model
@@ -36,12 +37,17 @@ def main(argv=None):
     parser.add_argument("--num-images", type=int, default=2000)
     parser.add_argument("--val-images", type=int, default=128)
     parser.add_argument("--num-steps", type=int, default=100, help="steps of the range test")
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--filters", type=int, default=16, help="U-Net filters of the first level")
+    parser.add_argument("--depth", type=int, default=3, help="U-Net levels")
     args = parser.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
-    train = synthetic.shapes_dataset(args.num_images, 64, batch_size=16, seed=0)
-    val = synthetic.shapes_dataset(args.val_images, 64, batch_size=16, seed=1, shuffle=False)
+    size = args.image_size
+    unet = {"image_size": size, "filters": args.filters, "depth": args.depth}
+    train = synthetic.shapes_dataset(args.num_images, size, batch_size=16, seed=0)
+    val = synthetic.shapes_dataset(args.val_images, size, batch_size=16, seed=1, shuffle=False)
 
-    finder = find_lr(build(0), train, start_lr=1e-6, end_lr=10.0, num_steps=args.num_steps)
+    finder = find_lr(build(0, **unet), train, start_lr=1e-6, end_lr=10.0, num_steps=args.num_steps)
     png = finder.plot(os.path.join(args.out, "lr_find.png"), title="U-Net, synthetic shapes")
     print(f"range test: {len(finder.losses)} steps (stopped early: {finder.stopped_early}); "
           f"suggestions {finder.suggestions}; plot {png}")
@@ -50,7 +56,7 @@ def main(argv=None):
     steps = int(train.cardinality())
     chosen = finder.suggested_lr
     for label, lr in (("suggested", chosen), ("suggested/100", chosen / 100)):
-        model = build(1)
+        model = build(1, **unet)
         model.optimizer = keras.optimizers.Adam(WarmupCosine(lr, 1, args.epochs - 1, steps))
         model.compile(model.optimizer, kcv.losses.BCEDiceLoss(),
                       metrics=[kcv.metrics.MeanIoU(synthetic.NUM_CLASSES)])

@@ -1,27 +1,13 @@
 """The Transformer examples run end to end on tiny settings and write what they say."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def _run(script, *args):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", KERAS_BACKEND="tensorflow",
-               CUDA_VISIBLE_DEVICES="", PYTHONPATH=ROOT)
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "examples", script), *args],
-                          env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc.stdout
-
 
 @pytest.mark.slow
-def test_seq2seq_example(tmp_path):
-    out = _run("transformer_seq2seq.py", "--quick", "--out", str(tmp_path))
+def test_seq2seq_example(tmp_path, run_example):
+    _, out = run_example("transformer_seq2seq.py", "--quick", "--out", tmp_path)
     results = json.loads((tmp_path / "results.json").read_text())
     assert (tmp_path / "attention.png").stat().st_size > 0
     assert 0.0 <= results["exact_match"] <= 1.0 and results["test_size"] == 32
@@ -29,8 +15,8 @@ def test_seq2seq_example(tmp_path):
 
 
 @pytest.mark.slow
-def test_vit_digits_example(tmp_path):
-    out = _run("vit_digits.py", "--quick", "--out", str(tmp_path))
+def test_vit_digits_example(tmp_path, run_example):
+    _, out = run_example("vit_digits.py", "--quick", "--out", tmp_path)
     results = json.loads((tmp_path / "vit_results.json").read_text())
     assert (tmp_path / "vit_attention.png").stat().st_size > 0
     assert results["test_size"] == 360 and results["accuracy"] > 0.1  # above chance after 1 epoch

@@ -144,7 +144,7 @@ class GAN(_common.AdversarialModel):
     Example:
         >>> gan = GAN(DCGANGenerator(8, (8, 8, 1), filters=4),
         ...           DCGANDiscriminator((8, 8, 1), filters=4), latent_dim=8)
-        >>> gan.compile()
+        >>> gan.compile(run_eagerly=True)  # one step: not worth tracing; omit to train
         >>> history = gan.fit(keras.random.uniform((8, 8, 8, 1), -1, 1), epochs=1, verbose=0)
         >>> sorted(history.history)
         ['d_loss', 'g_loss']

@@ -73,7 +73,8 @@ def HRNet(input_shape, num_classes, width=18, num_modules=(1, 1, 4, 3), num_bloc
         A `keras.Model` from `[B, H, W, C]` to `[B, H, W, num_classes]`.
 
     Example:
-        >>> model = HRNet((64, 64, 3), num_classes=19, width=18)
+        >>> model = HRNet((64, 64, 3), num_classes=19, width=18, num_modules=(1, 1, 1, 1),
+        ...               num_blocks=1)  # HRNetV2-W18's branches, one module per stage
         >>> model.output.shape
         (None, 64, 64, 19)
 

@@ -281,10 +281,12 @@ def test_zero_offsets_equal_conv2d(stride, dil, groups, padding, modulated):
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("groups,offset_groups,modulated", [(1, 1, True), (2, 2, False)])
 def test_gradient_check_float64(seed, groups, offset_groups, modulated):
+    # A 4x4 input (2x2 outputs): finite differences cost two calls per input element, and the
+    # samples still fall inside, across the border and outside (the oracle tests cover more).
     rng = np.random.default_rng(seed)
     x, offsets, kernel, bias, mask = _case(rng, stride=2, dil=1, offset_groups=offset_groups,
                                            groups=groups, modulated=modulated,
-                                           shape=(1, 5, 5, 4), out_channels=2)
+                                           shape=(1, 4, 4, 4), out_channels=2)
     args = [x, offsets, kernel, bias] + ([mask] if modulated else [])
 
     @tf.function  # compute_gradient calls it once per input element: trace once

@@ -25,6 +25,19 @@ def images():
     return np.random.default_rng(0).random((4, 16, 16, 3)).astype("float32")
 
 
+@pytest.fixture(scope="module")
+def unet_tflite(unet, tmp_path_factory):
+    """The float32 `.tflite` file of `unet` written by `export.to_tflite` (converted once for
+    the tests that read it)."""
+    return export.to_tflite(unet, tmp_path_factory.mktemp("tflite") / "m.tflite")
+
+
+def _tiny_model():
+    """A one-layer model: for the tests of file handling, which need a conversion, not UNet's."""
+    inputs = keras.Input((4,), name="x")
+    return keras.Model(inputs, keras.layers.Dense(2, name="dense")(inputs))
+
+
 def test_saved_model_runs_in_a_process_that_cannot_import_kcv(unet, images, tmp_path):
     path = export.to_saved_model(unet, tmp_path / "unet" / "1")
     names, out = run_saved_model_without_kcv(path, {"image": images})
@@ -32,20 +45,20 @@ def test_saved_model_runs_in_a_process_that_cannot_import_kcv(unet, images, tmp_
     np.testing.assert_allclose(out["probabilities"], unet(images), atol=1e-6)
 
 
-def test_existing_export_needs_overwrite(unet, tmp_path):
+def test_existing_export_needs_overwrite(tmp_path):
+    model = _tiny_model()
     path = tmp_path / "m.tflite"
-    export.to_tflite(unet, path)
+    export.to_tflite(model, path)
     with pytest.raises(FileExistsError, match="overwrite=True"):
-        export.to_tflite(unet, path)
-    export.to_tflite(unet, path, overwrite=True)
-    export.to_saved_model(unet, tmp_path / "sm")
+        export.to_tflite(model, path)
+    export.to_tflite(model, path, overwrite=True)
+    export.to_saved_model(model, tmp_path / "sm")
     with pytest.raises(FileExistsError, match="overwrite=True"):
-        export.to_saved_model(unet, tmp_path / "sm")
+        export.to_saved_model(model, tmp_path / "sm")
 
 
-def test_float32_tflite_matches_keras_and_is_builtins_only(unet, images, tmp_path):
-    path = export.to_tflite(unet, tmp_path / "m.tflite")
-    report = export.verify(unet, path, images, num_runs=3)
+def test_float32_tflite_matches_keras_and_is_builtins_only(unet, unet_tflite, images):
+    report = export.verify(unet, unet_tflite, images, num_runs=3)
     assert report["max_abs_diff"] <= 1e-4
     assert report["builtins_only"]
     assert "CONV_2D" in report["ops"] and "TRANSPOSE_CONV" in report["ops"]
@@ -62,22 +75,26 @@ def test_verify_reports_metric_fn_of_keras_and_litert_outputs():
         seen.append((keras_outputs, tflite_outputs))
         return np.float32(0.25)
 
-    report = export.verify(model, export.convert_to_tflite(model, batch_size=2), x, num_runs=1,
-                           metric_fn=metric_fn)
+    content = export.convert_to_tflite(model, batch_size=2)
+    report = export.verify(model, content, x, num_runs=1, metric_fn=metric_fn)
     assert report["metric"] == 0.25 and type(report["metric"]) is float  # JSON-ready
     (keras_outputs, tflite_outputs), = seen
     for outputs in (keras_outputs, tflite_outputs):  # both in output-name order: plus, twice
         assert len(outputs) == 2
         np.testing.assert_allclose(outputs[0], x + 1.0, atol=1e-6)
         np.testing.assert_allclose(outputs[1], 2.0 * x, atol=1e-6)
-    assert "metric" not in export.verify(model, export.convert_to_tflite(model, batch_size=2), x,
-                                         num_runs=1)
+    assert "metric" not in export.verify(model, content, x, num_runs=1)
 
 
-def test_float16_and_dynamic_quantization_shrink_the_file_and_stay_close(unet, images):
+def test_float16_and_dynamic_quantization_shrink_the_file_and_stay_close(unet, unet_tflite,
+                                                                          images):
     sizes, diffs = {}, {}
     for q in (None, "float16", "dynamic"):
-        content = export.convert_to_tflite(unet, quantization=q)
+        if q is None:
+            with open(unet_tflite, "rb") as f:
+                content = f.read()
+        else:
+            content = export.convert_to_tflite(unet, quantization=q)
         sizes[q] = len(content)
         diffs[q] = export.verify(unet, content, images, num_runs=1)["max_abs_diff"]
     assert sizes["float16"] < sizes[None] and sizes["dynamic"] < sizes[None]
@@ -145,11 +162,11 @@ def test_inputs_with_different_leading_sizes():
     np.testing.assert_allclose(out, model([xa, xb]), atol=1e-6)
 
 
-def test_bad_arguments(unet):
+def test_bad_arguments(unet, unet_tflite):
     with pytest.raises(ValueError, match="quantization"):
         export.convert_to_tflite(unet, quantization="int4")
     with pytest.raises(ValueError, match="inputs"):
-        export.run_tflite(export.convert_to_tflite(unet), [np.zeros((1, 16, 16, 3))] * 2)
+        export.run_tflite(unet_tflite, [np.zeros((1, 16, 16, 3))] * 2)
 
 
 def test_dict_output_models_export(tmp_path):
@@ -178,7 +195,7 @@ def _adaptive_roi_align_model():
 
 
 @pytest.mark.parametrize("case", ["converted", "refused_as_flex", "refused_while_saving"])
-def test_conversion_leaves_no_temporary_directory(case, unet, tmp_path, monkeypatch):
+def test_conversion_leaves_no_temporary_directory(case, tmp_path, monkeypatch):
     # A conversion goes through a temporary SavedModel (two for a Flex refusal that has to list
     # the ops); none may be left in the temp folder, also when writing the SavedModel fails
     # (adaptive RoIAlign refuses export). The first conversion is not counted: autograph caches
@@ -190,7 +207,7 @@ def test_conversion_leaves_no_temporary_directory(case, unet, tmp_path, monkeypa
     assert tempfile.gettempdir() == str(temp)
     inputs = keras.Input((4,))
     model, error = {
-        "converted": (unet, None),
+        "converted": (_tiny_model(), None),
         "refused_as_flex": (keras.Model(inputs, keras.layers.Activation(tf.math.erfinv)(inputs)),
                             export.FlexOpsError),
         "refused_while_saving": (_adaptive_roi_align_model(), ValueError),

@@ -58,10 +58,12 @@ def _answer_without_kcv(base, requests, tmp_path):
         sys.modules["custom_ops"] = None
         import tensorflow as tf
         from export import rest
-        answers = []
+        answers, models = [], {{}}  # each SavedModel loaded once, as a server keeps it
         for model, version, body in json.load(open({str(tmp_path / 'requests.json')!r})):
-            loaded = tf.saved_model.load({str(base)!r} + "/" + model + "/" + str(version))
-            fn = loaded.signatures[body.get("signature_name", "serving_default")]
+            path = {str(base)!r} + "/" + model + "/" + str(version)
+            if path not in models:
+                models[path] = tf.saved_model.load(path)
+            fn = models[path].signatures[body.get("signature_name", "serving_default")]
             try:
                 answers.append(rest.predict(fn, body))
             except rest.RequestError as err:

@@ -47,14 +47,20 @@ def test_mobilenet_v1():
     assert receptive_field(model) == ReceptiveField((315, 315), (32, 32), (31, 31))
 
 
-def test_mobilenet_v2_through_residual_adds():
+@pytest.fixture(scope="module")
+def mobilenet_v2():
+    """keras.applications' MobileNetV2 with its top (read only by the tests)."""
+    return _APPS.MobileNetV2(weights=None, include_top=True, input_shape=(96, 96, 3))
+
+
+def test_mobilenet_v2_through_residual_adds(mobilenet_v2):
     # Conv1 3x3 s2, then the depthwise 3x3 of the 17 inverted residual blocks; the identity
     # branches of the adds are centred like the convolutional ones, so the adds keep the
     # larger field.
     strides = (1, 2, 1, 2, 1, 1, 2, 1, 1, 1, 1, 1, 1, 2, 1, 1, 1)
     layers = [(3, 2, 0)] + [(3, s, 1 if s == 1 else 0) for s in strides]
     assert _by_hand(layers) == (491, 32, 31)
-    model = _APPS.MobileNetV2(weights=None, include_top=True, input_shape=(96, 96, 3))
+    model = mobilenet_v2
     # layer_name=None: the last layer with a spatial output (out_relu), before the top.
     assert receptive_field(model) == ReceptiveField((491, 491), (32, 32), (31, 31))
     assert receptive_field(model, "block_2_add") == receptive_field(model, "block_2_project_BN")
@@ -100,8 +106,8 @@ def test_verbose_prints_a_table(capsys):
     assert lines[-1].split() == ["conv2_block1_out", "Activation", "27", "4", "0"]
 
 
-def test_errors():
-    model = _APPS.MobileNetV2(weights=None, include_top=True, input_shape=(96, 96, 3))
+def test_errors(mobilenet_v2):
+    model = mobilenet_v2
     with pytest.raises(ValueError, match="layer_name='nope'"):
         receptive_field(model, "nope")
     with pytest.raises(ValueError, match="4-D"):

@@ -41,7 +41,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from sklearn.datasets import load_digits  # noqa: E402
 from sklearn.linear_model import LogisticRegression  # noqa: E402
-from threadpoolctl import threadpool_limits  # noqa: E402 (a scikit-learn dependency)
+from threadpoolctl import threadpool_limits  # noqa: E402 (installed with scikit-learn; declared in the extras)
 
 import kcv  # noqa: E402
 

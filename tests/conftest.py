@@ -5,6 +5,10 @@ import os
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# NumPy's OpenBLAS (the references, scikit-learn in the examples) on one thread per process:
+# `make test` already runs one worker per core, and idle OpenBLAS threads spin on the CPU the
+# other worker needs (set before NumPy is first imported; subprocesses inherit it).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 sys.path.insert(0, os.path.dirname(__file__))  # makes `kcv_testing` importable from any test
 

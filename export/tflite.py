@@ -85,8 +85,11 @@ def _converter(model, specs):
     through a temporary SavedModel, which keeps the signature's names for LiteRT. Converting the
     concrete function directly would keep VAR_HANDLE/READ_VARIABLE ops for Keras 3 variables
     (which int8 calibration cannot run); writing the whole Keras model as a SavedModel first
-    gives the same graph but costs ~7x more. A model whose function cannot be frozen falls
-    back to that full SavedModel. Convert inside the `with` block: the temporary folder is
+    gives the same graph but costs ~7x more. The function is traced in a save context (as
+    `tf.saved_model.save` traces it), its while loops are kept, and the frozen module is saved
+    without gradient functions (a TFLite model needs none), so detectors (RoIAlign's custom
+    gradient, NMS loops) freeze too. A model whose function still cannot be frozen falls back to that full
+    SavedModel, with a warning. Convert inside the `with` block: the temporary folder is
     removed when it ends, whether the conversion succeeded or not.
     """
     from export.saved_model import write_saved_model
@@ -106,6 +109,15 @@ def _converter(model, specs):
         yield tf.lite.TFLiteConverter.from_saved_model(path, signature_keys=["serving_default"])
 
 
+def _tracing_for_export():
+    """Traces as `tf.saved_model.save` does (its save context): ops that compile their
+    internals with nested XLA functions (RoIAlign, NMS, deformable convolution;
+    `custom_ops._context`) then keep the portable plain ops, as in the full SavedModel."""
+    from tensorflow.python.saved_model import save_context
+
+    return save_context.save_context(tf.saved_model.SaveOptions())
+
+
 def _write_frozen_saved_model(model, path, specs, serve=None):
     from tensorflow.python.framework.convert_to_constants import (
         convert_variables_to_constants_v2,
@@ -117,16 +129,23 @@ def _write_frozen_saved_model(model, path, specs, serve=None):
                                               training=False))
 
     with tf.device("/cpu:0"):
-        traced = tf.function(serve).get_concrete_function(*specs)
-        frozen = convert_variables_to_constants_v2(traced)
+        with _tracing_for_export():
+            traced = tf.function(serve).get_concrete_function(*specs)
+        # while loops (NMS) stay functional: lowered to v1 Switch/Merge, nested loops no longer
+        # convert ("Failed to functionalize Control Flow V1 ops")
+        frozen = convert_variables_to_constants_v2(traced, lower_control_flow=False)
         structure = traced.structured_outputs
 
         module = tf.Module()
         module.serve = tf.function(
             lambda *args: tf.nest.pack_sequence_as(structure, frozen(*args)),
             input_signature=specs)
+        # No gradient functions: the converter never reads them, and a custom gradient whose
+        # function captures a forward tensor (RoIAlign's, with per-box FPN levels) cannot be
+        # saved from a frozen graph ("Found invalid capture ... when saving custom gradients").
         tf.saved_model.save(module, path,
-                            signatures={"serving_default": module.serve.get_concrete_function()})
+                            signatures={"serving_default": module.serve.get_concrete_function()},
+                            options=tf.saved_model.SaveOptions(experimental_custom_gradients=False))
 
 
 def _find_flex_ops(model, specs):

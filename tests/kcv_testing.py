@@ -19,6 +19,7 @@ import sys
 import tempfile
 import textwrap
 import time
+import warnings
 
 import keras
 import numpy as np
@@ -227,6 +228,24 @@ def assert_same_detections(got, want, box_atol=1e-3, score_atol=1e-4):
     np.testing.assert_array_equal(got["classes"], want["classes"])
     np.testing.assert_allclose(got["boxes"], want["boxes"], atol=box_atol, rtol=0)
     np.testing.assert_allclose(got["scores"], want["scores"], atol=score_atol, rtol=0)
+
+
+def convert_to_tflite_with_fallbacks(model, **kwargs):
+    """`export.convert_to_tflite(model, **kwargs)` and the fallback warnings it gave.
+
+    `export.convert_to_tflite` freezes the serving function and converts that constant graph;
+    when freezing fails it warns and converts the full SavedModel instead (slower, and it may
+    keep dynamic shapes that are not builtins). A test asserts the list is empty.
+
+    Returns:
+        `(content, fallbacks)`: the `.tflite` bytes and the messages of the fallback warnings.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        content = export.convert_to_tflite(model, **kwargs)
+    fallbacks = [str(w.message) for w in caught
+                 if "Freezing the serving function failed" in str(w.message)]
+    return content, fallbacks
 
 
 def check_mixed_precision(factory, arrays, reference_model, rtol=5e-2, train=True):

@@ -17,7 +17,12 @@ import export
 import kcv
 from export._litert import interpreter
 
-from kcv_testing import assert_same_detections, check_keras_reload, run_saved_model_without_kcv
+from kcv_testing import (
+    assert_same_detections,
+    check_keras_reload,
+    convert_to_tflite_with_fallbacks,
+    run_saved_model_without_kcv,
+)
 
 _JOB = os.path.join(os.path.dirname(os.path.abspath(__file__)), "detection_distributed_job.py")
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(_JOB)))))
@@ -50,8 +55,13 @@ def detector(images):
 
 
 @pytest.fixture(scope="module")
-def float_tflite(detector):
-    return export.convert_to_tflite(detector)
+def float_conversion(detector):
+    return convert_to_tflite_with_fallbacks(detector)
+
+
+@pytest.fixture(scope="module")
+def float_tflite(float_conversion):
+    return float_conversion[0]
 
 
 def _keras(detector, images):
@@ -98,10 +108,18 @@ def test_tflite_is_builtins_only_and_gives_the_keras_detections(detector, images
     assert_same_detections(got, want)  # boxes within 1e-3 px, scores within 1e-4
 
 
+def test_tflite_conversion_freezes_the_serving_function(float_conversion):
+    # RoIAlign's custom gradient (per-box FPN levels) once made freezing fail, and conversion
+    # fell back to the full SavedModel with a warning
+    _, fallbacks = float_conversion
+    assert not fallbacks, fallbacks
+
+
 @pytest.mark.slow
 def test_int8_weights_keep_most_detections(detector, images):
     # int8 weights, float activations and float I/O ("dynamic")
-    content = export.convert_to_tflite(detector, quantization="dynamic")
+    content, fallbacks = convert_to_tflite_with_fallbacks(detector, quantization="dynamic")
+    assert not fallbacks, fallbacks
     ops = export.tflite_ops(content)
     assert not [op for op in ops if op.startswith("Flex") or op == "CUSTOM"], ops
     want, got = _keras(detector, images), _lite(content, images)
@@ -115,8 +133,9 @@ def test_full_int8_keeps_the_box_arithmetic_in_float(detector, images):
     # int8 convolutions and fully connected layers; anchors, proposals, NMS, RoIAlign and the
     # detection post-processing in float32 (the detector's `serving_float_scopes`), builtins only
     calibration = kcv.data.make_shapes_detection(4, image_size=64, seed=5, max_boxes=8)[0]
-    content = export.convert_to_tflite(
+    content, fallbacks = convert_to_tflite_with_fallbacks(
         detector, quantization="int8", representative_data=[x[None] for x in calibration])
+    assert not fallbacks, fallbacks
     ops = export.tflite_ops(content)
     assert not [op for op in ops if op.startswith("Flex") or op == "CUSTOM"], ops
     dtypes = {}
@@ -154,7 +173,9 @@ def test_keras_reload_after_fit_alone_gives_the_same_detections(images):
     # `fit` builds the sublayers but not the model; the file must still hold (and reload) them
     train_images, targets = kcv.data.make_shapes_detection(2, image_size=64, seed=0, max_boxes=8)
     model = _model()
-    model.compile(optimizer=keras.optimizers.SGD(0.01))
+    # eagerly: the same `fit` and `train_step` (which build the sublayers, not the model)
+    # without tracing the whole training graph for one step
+    model.compile(optimizer=keras.optimizers.SGD(0.01), run_eagerly=True)
     model.fit(train_images, targets, batch_size=2, epochs=1, verbose=0)
     assert model.built
     _spread_weights(model)

@@ -80,21 +80,24 @@ def test_one_fit_step_moves_only_the_trainable_variables():
     assert any(not np.array_equal(a, b) for a, b in zip(heads_before, model.box_head.weights))
 
 
-def _variants(tmp_path):
-    path = _weights_file(tmp_path)
-    return {
-        "vgg16_giou": dict(backbone="vgg16", box_loss="giou", anchor_scales=(4, 8)),
-        "resnet18_options": dict(backbone="resnet18", backbone_weights=path,
-                                 trainable_backbone_layers=2, deformable_stages=(4, 5),
-                                 box_loss="giou", fpn_filters=8),
-        "custom_frozen_bn": dict(backbone=_tiny_bn_backbone(), freeze_batch_norm=True,
-                                 fpn_filters=8),
-    }
+_VARIANTS = {  # built on demand: only "resnet18_options" needs the weights file
+    "vgg16_giou": lambda tmp_path: dict(backbone="vgg16", box_loss="giou",
+                                        anchor_scales=(4, 8)),
+    "resnet18_options": lambda tmp_path: dict(
+        backbone="resnet18", backbone_weights=_weights_file(tmp_path),
+        trainable_backbone_layers=2, deformable_stages=(4, 5), box_loss="giou", fpn_filters=8),
+    "custom_frozen_bn": lambda tmp_path: dict(backbone=_tiny_bn_backbone(),
+                                              freeze_batch_norm=True, fpn_filters=8),
+}
+
+
+def _variant(tmp_path, name):
+    return _VARIANTS[name](tmp_path)
 
 
 @pytest.mark.parametrize("variant", ["vgg16_giou", "resnet18_options", "custom_frozen_bn"])
 def test_config_round_trip(tmp_path, variant):
-    model = FasterRCNN(2, input_shape=_SHAPE, **_TINY, **_variants(tmp_path)[variant])
+    model = FasterRCNN(2, input_shape=_SHAPE, **_TINY, **_variant(tmp_path, variant))
     config = model.get_config()
     if variant == "resnet18_options":
         assert config["trainable_backbone_layers"] == 2 and config["freeze_batch_norm"] is True
@@ -111,7 +114,7 @@ def test_config_round_trip(tmp_path, variant):
 
 
 def _reload_model(tmp_path, variant):
-    model = FasterRCNN(2, input_shape=_SHAPE, **_TINY, **_variants(tmp_path)[variant])
+    model = FasterRCNN(2, input_shape=_SHAPE, **_TINY, **_variant(tmp_path, variant))
     if variant == "resnet18_options":
         assert sum(isinstance(x, DeformableConv2D) for x in model.backbone.layers) == 8
         layer = model.backbone.get_layer("conv5_block1_2_conv")  # non-zero offsets are saved

@@ -18,7 +18,11 @@ from kcv.models.detection.torchvision_port import (
     faster_rcnn_from_torchvision,
 )
 
-from kcv_testing import assert_same_detections, run_saved_model_without_kcv
+from kcv_testing import (
+    assert_same_detections,
+    convert_to_tflite_with_fallbacks,
+    run_saved_model_without_kcv,
+)
 
 data = port_tests.data  # the fixture checkpoint and torchvision's outputs (a pytest fixture)
 _state_dict = port_tests._state_dict
@@ -40,7 +44,8 @@ def test_tflite_is_builtins_only_and_gives_the_keras_and_torchvision_detections(
     pixels = data["upscale/images"][:1]  # 96 x 120, resized to 128 x 160 inside
     model = faster_rcnn_from_torchvision(_state_dict(data), input_shape=pixels.shape[1:],
                                          **_SIZES)
-    content = export.convert_to_tflite(model)
+    content, fallbacks = convert_to_tflite_with_fallbacks(model)
+    assert not fallbacks, fallbacks  # the frozen serving function, not the full SavedModel
     ops = export.tflite_ops(content)
     assert not [op for op in ops if op.startswith("Flex") or op == "CUSTOM"], ops
     assert {"WHILE", "TOPK_V2", "GATHER", "CONV_2D", "SOFTMAX"} <= set(ops)  # NMS, RoIAlign, heads

@@ -13,8 +13,7 @@ import os
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-# tests/, for kcv_testing (which test_faster_rcnn imports)
+# tests/, for kcv_testing (the tiny detector)
 _TESTS = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
 sys.path.insert(0, _TESTS)
 
@@ -28,9 +27,10 @@ def train(strategy, initial):
     """`STEPS` steps of `fit` on one fixed batch from the weights `initial`; the weights and the
     logged losses after them."""
     import keras
-    from test_faster_rcnn import _model
 
     import kcv
+
+    from kcv_testing import tiny_faster_rcnn as _model
 
     images, targets = kcv.data.make_shapes_detection(BATCH, image_size=64, seed=0, max_boxes=8)
     data = tf.data.Dataset.from_tensor_slices((images, targets)).batch(BATCH).repeat()
@@ -54,7 +54,8 @@ def main():
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import keras
-    from test_faster_rcnn import _model
+
+    from kcv_testing import tiny_faster_rcnn as _model
 
     keras.utils.set_random_seed(0)
     model = _model()

@@ -1,8 +1,5 @@
 """Cascade R-CNN: stage re-matching and score averaging on hand-computed cases, training, saving."""
 
-import os
-import sys
-
 import keras
 import numpy as np
 import pytest
@@ -17,8 +14,7 @@ from kcv.models.detection.cascade import (
 )
 from kcv.models.detection.roi_heads import select_detections
 
-sys.path.insert(0, os.path.dirname(__file__))
-from test_faster_rcnn import _model  # noqa: E402
+from kcv_testing import tiny_faster_rcnn as _model
 
 GT = tf.constant([[[0.0, 0.0, 10.0, 10.0]]])  # one object of class 1 (label 2)
 # Stage-1 RoIs: the appended GT, boxes at IoU 0.8, 0.65, 0.55, 0.3 with it, a box that the

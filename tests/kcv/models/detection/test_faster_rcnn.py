@@ -8,9 +8,7 @@ import tensorflow as tf
 import kcv
 from kcv.models.detection import FasterRCNN
 
-from kcv_testing import tiny_faster_rcnn
-
-_model = tiny_faster_rcnn  # the other detection tests import `_model` from here
+from kcv_testing import tiny_faster_rcnn as _model
 
 
 def test_initial_rpn_loss_and_detections_format():

@@ -11,7 +11,6 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from test_faster_rcnn import _model
 
 import export
 import kcv
@@ -23,6 +22,7 @@ from kcv_testing import (
     convert_to_tflite_with_fallbacks,
     run_saved_model_without_kcv,
 )
+from kcv_testing import tiny_faster_rcnn as _model
 
 _JOB = os.path.join(os.path.dirname(os.path.abspath(__file__)), "detection_distributed_job.py")
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(_JOB)))))

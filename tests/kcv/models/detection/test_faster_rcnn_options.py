@@ -91,13 +91,9 @@ _VARIANTS = {  # built on demand: only "resnet18_options" needs the weights file
 }
 
 
-def _variant(tmp_path, name):
-    return _VARIANTS[name](tmp_path)
-
-
 @pytest.mark.parametrize("variant", ["vgg16_giou", "resnet18_options", "custom_frozen_bn"])
 def test_config_round_trip(tmp_path, variant):
-    model = FasterRCNN(2, input_shape=_SHAPE, **_TINY, **_variant(tmp_path, variant))
+    model = FasterRCNN(2, input_shape=_SHAPE, **_TINY, **_VARIANTS[variant](tmp_path))
     config = model.get_config()
     if variant == "resnet18_options":
         assert config["trainable_backbone_layers"] == 2 and config["freeze_batch_norm"] is True
@@ -114,7 +110,7 @@ def test_config_round_trip(tmp_path, variant):
 
 
 def _reload_model(tmp_path, variant):
-    model = FasterRCNN(2, input_shape=_SHAPE, **_TINY, **_variant(tmp_path, variant))
+    model = FasterRCNN(2, input_shape=_SHAPE, **_TINY, **_VARIANTS[variant](tmp_path))
     if variant == "resnet18_options":
         assert sum(isinstance(x, DeformableConv2D) for x in model.backbone.layers) == 8
         layer = model.backbone.get_layer("conv5_block1_2_conv")  # non-zero offsets are saved
